@@ -1,0 +1,27 @@
+"""gpt2-llm: GPT-2 from scratch in PyTorch.
+
+Names are imported lazily so that `from gpt2_llm.errors import UserError` (used by the
+tokenizer and the CLI's tokenizer commands) does not pay for importing torch.
+"""
+import importlib
+
+_EXPORTS = {
+    "GPT2Config": "gpt2_llm.config",
+    "PRESETS": "gpt2_llm.config",
+    "GPT2": "gpt2_llm.gpt2",
+    "QKVAttention": "gpt2_llm.attention",
+    "RotaryPositionEmbedding": "gpt2_llm.attention",
+    "GPT2Decoder": "gpt2_llm.decoder",
+    "DecoderBlock": "gpt2_llm.decoder",
+    "TokenEmbedding": "gpt2_llm.lookup_nn",
+    "Trainer": "gpt2_llm.trainer",
+    "UserError": "gpt2_llm.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'gpt2_llm' has no attribute {name!r}")
