@@ -1,0 +1,65 @@
+"""`tokenize`, `encode` and `decode`: the tokenizer from the command line (no torch needed)."""
+import json
+import os
+import time
+
+from bpe import BPE, parse_ids_json, read_text_file
+from gpt2_llm.errors import UserError
+
+DEFAULT_VOCAB = "vocab.txt"
+
+
+def add_arguments(name, parser):
+    if name == "tokenize":
+        parser.add_argument("file", help="UTF-8 text file to learn the vocabulary from")
+        parser.add_argument("--vocab-size", type=int, default=None,
+                            help="number of tokens incl. the 256 bytes and <|endoftext|> "
+                                 "(default: recommended from the text)")
+        parser.add_argument("--output", "-o", default=DEFAULT_VOCAB, help="vocab file to write (default: vocab.txt)")
+    elif name == "encode":
+        parser.add_argument("text", help="text to encode")
+        parser.add_argument("vocab", nargs="?", default=DEFAULT_VOCAB, help="vocab file (default: vocab.txt)")
+        parser.add_argument("--allow-special", action="store_true",
+                            help="encode '<|endoftext|>' in the text as the special token, not as plain text")
+    else:  # decode
+        parser.add_argument("ids", metavar="json_ids", help='JSON list of token ids, e.g. "[15496, 995]"')
+        parser.add_argument("vocab", nargs="?", default=DEFAULT_VOCAB, help="vocab file (default: vocab.txt)")
+        parser.add_argument("--pieces", action="store_true", help="print each token's text as a JSON list")
+
+
+def load_vocab(path):
+    """Load a vocab file or explain how to make one."""
+    bpe = BPE(path)
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a directory, not a vocab file")
+    if not bpe.load():
+        raise UserError(f"vocab file {path} not found; create one with: python main.py tokenize <file> --output {path}")
+    return bpe
+
+
+def run(args):
+    if args.command == "tokenize":
+        text = read_text_file(args.file)
+        bpe = BPE(args.output)
+        vocab_size = args.vocab_size or bpe.get_recommended_vocab_size(text)
+        if vocab_size < 257:
+            raise UserError(f"--vocab-size must be at least 257 (256 bytes + <|endoftext|>), got {vocab_size}")
+        bpe.set_vocab_size(vocab_size)
+        start = time.perf_counter()
+        bpe.create_vocab(text)
+        bpe.save()
+        print(f"Learned {bpe.vocab_size} tokens from {len(text.encode('utf-8')):,} bytes "
+              f"in {time.perf_counter() - start:.1f}s; saved {args.output} "
+              f"(model vocab size {bpe.get_model_vocab_size()})")
+    elif args.command == "encode":
+        bpe = load_vocab(args.vocab)
+        allowed = "all" if args.allow_special else ()
+        print(json.dumps(bpe.encode(args.text, allowed_special=allowed)))
+    else:
+        bpe = load_vocab(args.vocab)
+        ids = parse_ids_json(args.ids, bpe.vocab_size)
+        if args.pieces:
+            print(json.dumps(bpe.decode_pieces(ids), ensure_ascii=False))
+        else:
+            print(bpe.decode(ids))
+    return 0

@@ -1,0 +1,62 @@
+"""gpt2-llm command line: tokenize, encode, decode, train, predict, plot.
+
+    python main.py tokenize <file>                 # learn a BPE vocabulary -> vocab.txt
+    python main.py encode <text> [vocab]           # text -> JSON list of ids
+    python main.py decode <json_ids> [vocab]       # ids -> text
+    python main.py train [file] [vocab] [checkpoint]
+    python main.py predict <prompt> <num_tokens> [model] [vocab]
+
+Each command lives in gpt2_llm/commands/<name>.py, which adds its own arguments and runs it.
+Mistakes a user can make surface as one line on stderr and exit code 2, never a traceback.
+"""
+import argparse
+import importlib
+import sys
+
+# command name -> module under gpt2_llm.commands; imported only when used, so that
+# `encode` does not pay for importing torch.
+COMMANDS = {
+    "tokenize": ("tokenizer_commands", "learn a byte-level BPE vocabulary from a text file"),
+    "encode": ("tokenizer_commands", "encode text into token ids (JSON list)"),
+    "decode": ("tokenizer_commands", "decode a JSON list of token ids into text"),
+    "train": ("train_command", "train a GPT-2 model (or resume from a checkpoint)"),
+    "predict": ("predict_command", "generate text from a prompt"),
+    "plot": ("plot_command", "plot the loss curves of a training metrics log"),
+}
+
+
+def build_parser(argv):
+    parser = argparse.ArgumentParser(prog="main.py", description=__doc__.split("\n")[0])
+    subparsers = parser.add_subparsers(dest="command", metavar="command")
+    # Only import the module of the command being run (plus all of them for --help).
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if wanted is None or wanted == name:
+            module = importlib.import_module(f"gpt2_llm.commands.{module_name}")
+            module.add_arguments(name, sub)
+            sub.set_defaults(run=getattr(module, "run"))
+    return parser
+
+
+def main(argv=None):
+    from gpt2_llm.errors import UserError
+
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
