@@ -1,0 +1,164 @@
+"""Training throughput and MFU: our Trainer's step vs transformers.GPT2LMHeadModel, same shape and optimizer.
+
+    python bench/train.py [--preset small] [--batch-size 4] [--steps 8] [--compile] [--device cuda]
+
+One step = forward + loss + backward + grad clip + fused AdamW step (betas 0.9/0.95, weight decay
+0.1 on matrices), in fp32 and in bf16 autocast. Ours is `Trainer.train_step`, exactly what
+`train` runs; HF gets the same weights (through our converter), the same optimizer settings and
+its default sdpa attention, and computes its loss from labels=... as HF training code does.
+Steps of the two alternate so that noise from other processes hits both alike; medians are reported.
+
+MFU (model FLOPs utilization) = achieved FLOP/s / peak FLOP/s, where
+    achieved = tokens/s * (6 * N + 12 * layers * dim * context)   (nanoGPT / PaLM appendix B)
+    N        = parameters excluding the position table (the tied head's matmul is counted once)
+    peak     = a large square matmul in the same dtype, measured in this run on this device.
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bpe import BPE  # noqa: E402
+from gpt2_llm.config import PRESETS  # noqa: E402
+from gpt2_llm.data import TokenDataset  # noqa: E402
+from gpt2_llm.device import autocast, pick_device  # noqa: E402
+from gpt2_llm.gpt2 import GPT2  # noqa: E402
+from gpt2_llm.optim import make_adamw  # noqa: E402
+from gpt2_llm.trainer import TRAINING_PRESETS, Trainer  # noqa: E402
+
+VOCAB_SIZE = 8192
+TARGET_SPEEDUP = 1.15
+TARGET_BF16_MFU = 0.60
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device, dtype, seconds=2.0) -> float:
+    """FLOP/s of the best of several large square matmuls: the ceiling MFU is measured against."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def flops_per_token(model: GPT2) -> float:
+    cfg = model.config
+    n = model.num_parameters() - (model.wpe.weight.numel() if model.wpe is not None else 0)
+    return 6 * n + 12 * cfg.num_layers * cfg.embedding_dim * cfg.max_seq_len
+
+
+def build(shape, batch_size, device, dtype_name, compile_models):
+    """Our model inside a Trainer, and HF's GPT2LMHeadModel with the same weights and optimizer."""
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    ours = GPT2(VOCAB_SIZE, **shape, dropout=0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours.save_pretrained(tmp)
+        hf = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="sdpa")
+    hf.config.resid_pdrop = hf.config.embd_pdrop = hf.config.attn_pdrop = 0.0
+    trainer = Trainer(ours, BPE(), shape["max_seq_len"], batch_size, 3e-4, device=str(device), dtype=dtype_name,
+                      compile=compile_models, progress=False)
+    hf = hf.to(device).train()
+    hf_optimizer = make_adamw(hf, 3e-4, 0.1, (0.9, 0.95), device.type)
+    hf_forward = torch.compile(hf) if compile_models else hf
+    return trainer, hf, hf_forward, hf_optimizer
+
+
+def hf_step_fn(hf, hf_forward, optimizer, data, trainer):
+    """The same step as Trainer.train_step, written the way HF training loops write it."""
+
+    def step():
+        x, _ = trainer.to_device(*data.random_batch(trainer.config.batch_size, trainer.batch_generator))
+        with autocast(trainer.device, trainer.dtype):
+            loss = hf_forward(input_ids=x, labels=x).loss  # HF shifts the labels itself
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small", choices=sorted(PRESETS), help="model shape (default small)")
+    parser.add_argument("--batch-size", type=int, help="default: the preset's training batch")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per model and dtype (default 8)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2; more with --compile)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--device", help="cpu, cuda, mps (default: the best present)")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated subset of fp32,bf16")
+    args = parser.parse_args()
+
+    device = pick_device(args.device)
+    shape = dict(PRESETS[args.preset])
+    batch_size = args.batch_size or TRAINING_PRESETS[args.preset]["batch_size"]
+    T = shape["max_seq_len"]
+    tokens_per_step = batch_size * T
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"Training step throughput, torch {torch.__version__}, {device.type} ({name}){threads}")
+    print(f"preset {args.preset}: {shape['num_layers']} layers, {shape['embedding_dim']} dim, {shape['num_heads']} "
+          f"heads, context {T}, batch {batch_size}, vocab {VOCAB_SIZE}, dropout 0"
+          f"{', compiled' if args.compile else ''}; median of {args.steps} steps after {args.warmup} warm-up\n")
+
+    rows = []
+    tokens = np.random.default_rng(0).integers(0, VOCAB_SIZE, 200_000 + T).astype(np.uint16)
+    data = TokenDataset(tokens, T, val_fraction=0.0)
+    for dtype_name in args.dtypes.split(","):
+        trainer, hf, hf_forward, hf_optimizer = build(shape, batch_size, device, dtype_name, args.compile)
+        peak = matmul_peak(device, DTYPES[dtype_name])
+        hf_step = hf_step_fn(hf, hf_forward, hf_optimizer, data, trainer)
+        for _ in range(args.warmup):
+            trainer.train_step(data, 3e-4)
+            hf_step()
+        ours_times, hf_times = [], []
+        for _ in range(args.steps):  # alternate, so a noisy neighbour slows both alike
+            sync(device)
+            start = time.perf_counter()
+            ours_loss, _ = trainer.train_step(data, 3e-4)  # returns after a device sync (.tolist())
+            ours_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            hf_loss = hf_step()
+            hf_times.append(time.perf_counter() - start)
+        ours_tps = tokens_per_step / statistics.median(ours_times)
+        hf_tps = tokens_per_step / statistics.median(hf_times)
+        fpt = flops_per_token(trainer.model)
+        rows.append((dtype_name, ours_tps, hf_tps, ours_tps * fpt / peak, hf_tps * fpt / peak, peak, ours_loss, hf_loss))
+        del trainer, hf, hf_forward, hf_optimizer
+
+    print(f"{'dtype':<6} {'ours tok/s':>11} {'HF tok/s':>10} {'ours/HF':>8} {'MFU ours':>9} {'MFU HF':>7} "
+          f"{'peak TFLOP/s':>13}   last loss ours / HF")
+    met = True
+    for dtype_name, ours_tps, hf_tps, ours_mfu, hf_mfu, peak, ours_loss, hf_loss in rows:
+        ratio = ours_tps / hf_tps
+        met &= ratio >= TARGET_SPEEDUP and (dtype_name != "bf16" or ours_mfu >= TARGET_BF16_MFU)
+        print(f"{dtype_name:<6} {ours_tps:>11,.0f} {hf_tps:>10,.0f} {ratio:>7.2f}x {ours_mfu:>8.1%} {hf_mfu:>7.1%} "
+              f"{peak / 1e12:>13.3f}   {ours_loss:.4f} / {hf_loss:.4f}")
+    print(f"\ntargets: ours/HF >= {TARGET_SPEEDUP}x in each dtype, bf16 MFU >= {TARGET_BF16_MFU:.0%}: "
+          + ("met" if met else "NOT met"))
+
+
+if __name__ == "__main__":
+    main()

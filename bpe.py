@@ -1,0 +1,600 @@
+"""Byte-level BPE tokenizer, exactly as GPT-2 does it: trainable, savable, and loadable from OpenAI's files.
+
+Text is first pre-split with GPT-2's regex into chunks (a word with its leading space, a number, a punctuation run,
+whitespace). Each chunk's UTF-8 bytes start as the 256 byte tokens, then adjacent pairs are merged in the order the
+merges were learned (a merge's rank is its place in that order; here a merged token's id grows with its rank, so the
+lowest rank is the lowest id). Merges never cross chunk boundaries, so a chunk always encodes the same way, which is
+what makes caching chunk -> ids and splitting big files across processes exact.
+
+    >>> bpe = BPE(); bpe.set_vocab_size(300); bpe.create_vocab(text, verbose=False)
+    >>> bpe.decode(bpe.encode("hello world")) == "hello world"
+    True
+
+This module must not import torch: the CLI's tokenizer commands should start fast.
+"""
+import codecs
+import hashlib
+import heapq
+import json
+import multiprocessing
+import os
+import re
+import sys
+from collections import Counter, defaultdict
+from contextlib import suppress
+from itertools import chain, repeat
+
+import numpy as np
+import regex
+from tqdm import tqdm
+
+from gpt2_llm.errors import UserError
+
+# GPT-2's pre-split pattern, as tiktoken spells it: the contractions 's 't 're 've 'm 'll 'd (lowercase only), letter
+# runs, digit runs and other-symbol runs each with one optional leading space, then whitespace. `\s+(?!\S)` leaves the
+# last space of a run to start the next word, so " hello" keeps its space.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+_PATTERN = regex.compile(GPT2_PATTERN)
+
+# The same pattern for pure-ASCII text, for the standard `re` module, which runs it about twice as fast. On ASCII the
+# `regex` module's \p{L} is [A-Za-z], \p{N} is [0-9] and \s is [\t\n\v\f\r ] (test_bpe checks both claims).
+_WS = r"\t\n\x0b\x0c\r "
+_ASCII_PATTERN = re.compile(
+    rf"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^{_WS}A-Za-z0-9]+|[{_WS}]+(?![^{_WS}])|[{_WS}]+"""
+)
+
+# Where a text can be cut without changing its tokens: just before a newline that ends a whitespace run. Proof: the
+# last whitespace char before a non-space is always a chunk of its own when it is a newline (" ?" only takes spaces),
+# and the run before it is one chunk either way, because `\s+(?!\S)` stops before that newline in the whole text and
+# at the end of the piece alone. Nothing in the pattern looks behind, so the rest encodes the same.
+_SAFE_CUT = regex.compile(r"\n(?=\S)")
+
+EOT = "<|endoftext|>"
+FORMAT_HEADER = "#gpt2-llm-bpe v1"
+
+_CACHE_MAX_CHUNKS = 1 << 18  # ~50 MB at most; a 5 MB English corpus has ~40k distinct chunks
+_MIN_PARALLEL_CHARS = 1 << 19  # below ~0.5 MB, starting processes (~20 ms) costs more than it saves
+
+
+def _keep_surrogates_else_replace(error):
+    """Decode error handler: lone surrogates (encoded with surrogatepass) come back, other bad bytes become U+FFFD.
+
+    b"\\xed\\xa0\\x80".decode("utf-8", "bpe-replace") -> "\\ud800";  b"\\xe4\\xb8".decode(...) -> "\\ufffd"
+    """
+    try:
+        return codecs.lookup_error("surrogatepass")(error)
+    except UnicodeDecodeError:
+        return "\ufffd", error.end
+
+
+codecs.register_error("bpe-replace", _keep_surrogates_else_replace)
+
+
+def read_text_file(path):
+    """Read a whole UTF-8 text file exactly (no newline translation), or raise UserError saying what is wrong.
+
+    read_text_file("data/shakespeare.txt")[:9] -> "THE SONNE"
+    """
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a directory, expected a text file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from e
+    if not data:
+        raise UserError(f"{path} is empty")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); convert it to UTF-8 first"
+        ) from e
+
+
+def parse_ids_json(text, vocab_size):
+    """Parse a JSON list of token ids for `decode`, checking each is an int in [0, vocab_size).
+
+    parse_ids_json("[15496, 995]", 50257) -> [15496, 995]
+    """
+    try:
+        ids = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"token ids are not valid JSON ({e.msg}); expected a list like [15496, 995]") from e
+    if not isinstance(ids, list) or not all(type(i) is int for i in ids):
+        raise UserError("token ids must be a JSON list of integers, like [15496, 995]")
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise UserError(f"token id {bad[0]} is out of range: this vocab has ids 0..{vocab_size - 1}")
+    return ids
+
+
+def split_for_workers(text, num_pieces, specials=()):
+    """Cut text into about num_pieces parts at safe newlines (see _SAFE_CUT), so that encoding the parts one by one
+    gives exactly the ids of encoding the whole. A cut never lands just before one of `specials`.
+
+    split_for_workers("a\\nb\\nc", 3) -> ["a", "\\nb", "\\nc"]
+    """
+    specials = tuple(specials)
+    step = max(1, len(text) // max(1, num_pieces))
+    pieces, start = [], 0
+    while True:
+        match = _SAFE_CUT.search(text, max(start + 1, start + step))
+        while match and specials and text.startswith(specials, match.end()):
+            match = _SAFE_CUT.search(text, match.end())
+        if not match:
+            break
+        pieces.append(text[start : match.start()])
+        start = match.start()
+    pieces.append(text[start:])
+    return pieces
+
+
+def _gpt2_bytes_to_unicode():
+    """GPT-2's files spell each byte as a printable character: printable Latin-1 stands for itself, the other bytes
+    are shifted to U+0100 and up. {32: "Ġ", 97: "a", 10: "Ċ", ...}"""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping = {b: chr(b) for b in printable}
+    for shift, b in enumerate(b for b in range(256) if b not in mapping):
+        mapping[b] = chr(256 + shift)
+    return mapping
+
+
+def _escape_byte(b):
+    """How one byte is written in the vocab file: printable ASCII as-is, "\\\\" for a backslash, "␣" for a space,
+    "\\xNN" otherwise. 65 -> "A", 32 -> "␣", 10 -> "\\x0a" """
+    if b == 0x5C:
+        return "\\\\"
+    if b == 0x20:
+        return "␣"
+    return chr(b) if 0x21 <= b <= 0x7E else f"\\x{b:02x}"
+
+
+_ESCAPES = [_escape_byte(b) for b in range(256)]
+_UNESCAPES = {e: b for b, e in enumerate(_ESCAPES)}
+_ESCAPE_PIECE = re.compile(r"\\x..|\\.|.", re.DOTALL)
+
+
+def _unescape(field):
+    """Inverse of the escaping above; None when the field is not canonical escaped bytes. "␣the" -> b" the" """
+    try:
+        return bytes(_UNESCAPES[piece] for piece in _ESCAPE_PIECE.findall(field))
+    except KeyError:
+        return None
+
+
+def merge_by_rank(ids, merges, parents):
+    """Encode one chunk: repeatedly merge every occurrence of the lowest-ranked adjacent pair (rank == merged id).
+
+    merge_by_rank([104, 105, 104, 105], {(104, 105): 256}, {256: (104, 105)}) -> [256, 256]
+    """
+    never = repeat(1 << 62)
+    while len(ids) > 1:
+        new_id = min(map(merges.get, zip(ids, ids[1:]), never))
+        if new_id == 1 << 62:
+            break
+        a, b = parents[new_id]
+        merged, i, last = [], 0, len(ids) - 1
+        while i <= last:
+            if ids[i] == a and i < last and ids[i + 1] == b:
+                merged.append(new_id)
+                i += 2
+            else:
+                merged.append(ids[i])
+                i += 1
+        ids = merged
+    return ids
+
+
+class _ChunkCache(dict):
+    """chunk -> tuple of ids. `__missing__` runs the merge loop, so encoding a list of chunks is a C-speed map over
+    `cache.__getitem__`. Cleared when full: simple, and a corpus's frequent chunks come back within a few lines."""
+
+    def __init__(self, byte_table, merges, parents):
+        super().__init__()
+        self.byte_table, self.merges, self.parents = byte_table, merges, parents
+
+    def __missing__(self, chunk):
+        byte_ids = list(chunk.encode("utf-8", "surrogatepass").translate(self.byte_table))
+        ids = tuple(merge_by_rank(byte_ids, self.merges, self.parents))
+        if len(self) >= _CACHE_MAX_CHUNKS:
+            self.clear()
+        self[chunk] = ids
+        return ids
+
+
+def _split(text):
+    """GPT-2's pre-split, on the fast path when the text is ASCII. "Hello, world!" -> ["Hello", ",", " world", "!"]"""
+    return (_ASCII_PATTERN if text.isascii() else _PATTERN).findall(text)
+
+
+def _apply_merge(words, counts, chunk_indices, pair, new_id, pair_counts, where):
+    """Replace `pair` by `new_id` in the chunks that hold it, adjusting the counts of the neighbouring pairs in place
+    instead of recounting whole chunks. Returns the pairs that involve new_id (all new, so they need a heap entry).
+
+    words [[1, 2, 3]] with pair (1, 2) -> [[9, 3]]; pair_counts: (2, 3) -1, (9, 3) +1
+    """
+    a, b = pair
+    new_pairs = set()
+    for index in chunk_indices:
+        word = words[index]
+        if a not in word:  # `where` is lazy: the pair may have left this chunk already
+            continue
+        count, last = counts[index], len(word) - 1
+        merged, i = [], 0
+        while i <= last:
+            if word[i] == a and i < last and word[i + 1] == b:
+                if i:  # the left neighbour now pairs with the new token (or with the previous new token)
+                    left = merged[-1]
+                    pair_counts[word[i - 1], a] -= count
+                    pair_counts[left, new_id] += count
+                    new_pairs.add((left, new_id))
+                    where[left, new_id].add(index)
+                if i + 2 <= last and not (word[i + 2] == a and i + 3 <= last and word[i + 3] == b):
+                    right = word[i + 2]  # (skipped when the next merge is adjacent: that one counts it as its left)
+                    pair_counts[b, right] -= count
+                    pair_counts[new_id, right] += count
+                    new_pairs.add((new_id, right))
+                    where[new_id, right].add(index)
+                merged.append(new_id)
+                i += 2
+            else:
+                merged.append(word[i])
+                i += 1
+        words[index] = merged
+    return new_pairs
+
+
+def train_merges(chunk_counts, num_merges, verbose=True):
+    """Learn up to num_merges merges from {chunk: count}. Each distinct chunk is a list of ids counted once with its
+    multiplicity; pair counts live in a dict and a max-heap with lazy invalidation (stale entries are re-pushed with
+    their true count when popped). Ties go to the lowest pair of ids, (first id, then second id), like HF tokenizers.
+
+    train_merges({"aaab": 1}, 2) -> [(97, 97), (97, 98)]  (the tie (256, 97) vs (97, 98) goes to the lower)
+    """
+    words, counts = [], []
+    for chunk, count in chunk_counts.items():
+        data = chunk.encode("utf-8", "surrogatepass")
+        if len(data) > 1:
+            words.append(list(data))
+            counts.append(count)
+    pair_counts, where = defaultdict(int), defaultdict(set)
+    for index, word in enumerate(words):
+        count = counts[index]
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += count
+            where[pair].add(index)
+    heap = [(-count, pair) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+    heappush, heappop = heapq.heappush, heapq.heappop
+
+    merges = []
+    show = verbose and sys.stderr.isatty()
+    with tqdm(total=num_merges, desc="BPE merges", unit="merge", disable=not show) as progress:
+        while len(merges) < num_merges and heap:
+            negative_count, pair = heappop(heap)
+            count = pair_counts.get(pair, 0)
+            if count != -negative_count:  # stale: the pair lost occurrences since this entry was pushed
+                if count > 0:
+                    heappush(heap, (-count, pair))
+                continue
+            new_id = 256 + len(merges)
+            merges.append(pair)
+            new_pairs = _apply_merge(words, counts, where.pop(pair), pair, new_id, pair_counts, where)
+            del pair_counts[pair]
+            for new_pair in new_pairs:
+                heappush(heap, (-pair_counts[new_pair], new_pair))
+            progress.update()
+    return merges
+
+
+class BPE:
+    """GPT-2 byte-level BPE. ids 0..255 are the 256 single bytes (in any order: GPT-2's files use their own), id
+    256 + k is the k-th merge, and the special token <|endoftext|> comes right after the last merge.
+
+    A fresh BPE() has no merges yet: it encodes every byte as its own token, and the vocab has 257 entries.
+    """
+
+    def __init__(self, vocab_path="vocab.txt"):
+        self.vocab_path = vocab_path
+        self._target_vocab_size = None
+        self._build(list(range(256)), [])
+
+    # ---- building and inspecting the vocab ----
+
+    def _build(self, byte_values, merges):
+        """Derive every lookup table from the two things that define the vocab: which byte each of ids 0..255 is,
+        and the list of merged pairs (merge k makes id 256 + k)."""
+        self._byte_values = list(byte_values)
+        self._merge_list = list(merges)
+        self._token_bytes = [bytes([b]) for b in self._byte_values]
+        self._merges, self._parents = {}, {}
+        for new_id, (a, b) in enumerate(self._merge_list, start=256):
+            self._merges[a, b] = new_id
+            self._parents[new_id] = (a, b)
+            self._token_bytes.append(self._token_bytes[a] + self._token_bytes[b])
+        self._eot_id = len(self._token_bytes)
+        self._token_bytes.append(EOT.encode("utf-8"))
+        byte_table = bytearray(256)
+        for token_id, b in enumerate(self._byte_values):
+            byte_table[b] = token_id
+        self._cache = _ChunkCache(bytes(byte_table), self._merges, self._parents)
+        self._fingerprint = None
+
+    @property
+    def vocab_size(self):
+        """Number of tokens including <|endoftext|>: 50257 for GPT-2."""
+        return len(self._token_bytes)
+
+    @property
+    def eot_id(self):
+        """Id of <|endoftext|>: 50256 for GPT-2, vocab_size - 1 for a trained vocab."""
+        return self._eot_id
+
+    def get_model_vocab_size(self):
+        """Rows of the model's embedding: vocab_size rounded up to a multiple of 64 (faster matmuls). 50257 -> 50304"""
+        return (self.vocab_size + 63) // 64 * 64
+
+    def set_vocab_size(self, vocab_size):
+        """Set the vocab size create_vocab trains to, counting the 256 bytes and <|endoftext|>. 8192 -> 7935 merges"""
+        if type(vocab_size) is not int or vocab_size < 257:
+            raise UserError(f"vocab size must be an integer >= 257 (256 bytes + {EOT}), got {vocab_size!r}")
+        self._target_vocab_size = vocab_size
+
+    def get_recommended_vocab_size(self, text):
+        """A vocab size for this text: 257 plus half the distinct pre-split chunks seen at least twice (a word seen
+        once is not worth a token; half because merges also build the pieces of words), rounded up to a multiple of
+        64 so no embedding row is padding, and clamped to [512, 50257]. The 5 MB Shakespeare corpus gives ~10k.
+        """
+        repeated = sum(1 for count in Counter(_split(text)).values() if count > 1)
+        size = (257 + repeated // 2 + 63) // 64 * 64
+        return min(max(size, 512), 50257)
+
+    def token_bytes(self):
+        """id -> bytes of every regular token (<|endoftext|> excluded: it stands for no text). {..., 256: b" t"}"""
+        return dict(enumerate(self._token_bytes[: self._eot_id]))
+
+    def fingerprint(self):
+        """sha256 hex of the vocab file's content: equal fingerprints mean identical tokenization (cache keys)."""
+        if self._fingerprint is None:
+            self._fingerprint = hashlib.sha256(self._serialize().encode("utf-8")).hexdigest()
+        return self._fingerprint
+
+    # ---- training ----
+
+    def create_vocab(self, text, verbose=True):
+        """Learn merges from text up to the size set by set_vocab_size (or the recommended size if none was set).
+        Raises UserError when the text is empty or has too few distinct pairs to learn that many merges."""
+        if not text:
+            raise UserError("cannot train a tokenizer on empty text")
+        target = self._target_vocab_size or self.get_recommended_vocab_size(text)
+        num_merges = target - 257
+        merges = train_merges(Counter(_split(text)), num_merges, verbose)
+        if len(merges) < num_merges:
+            raise UserError(
+                f"text too small for a vocab of {target}: it only has material for {257 + len(merges)} tokens; "
+                f"use a bigger text or a vocab size <= {257 + len(merges)}"
+            )
+        self._build(range(256), merges)
+
+    # ---- encoding and decoding ----
+
+    def _allowed_specials(self, allowed_special):
+        if allowed_special == "all":
+            return {EOT}
+        unknown = set(allowed_special) - {EOT}
+        if unknown:
+            raise UserError(f"unknown special token(s) {sorted(unknown)}; this vocab has only {EOT}")
+        return set(allowed_special)
+
+    def encode_ordinary(self, text):
+        """Encode text with no special tokens: "<|endoftext|>" in it is plain text. "hello world" -> [31373, 995]"""
+        return list(chain.from_iterable(map(self._cache.__getitem__, _split(text))))
+
+    def encode(self, text, allowed_special=()):
+        """Text -> token ids. <|endoftext|> becomes its special id only when allowed_special holds it (or is "all");
+        otherwise it is encoded as ordinary text, like tiktoken's encode_ordinary.
+
+        encode("hi<|endoftext|>", allowed_special="all") -> [5303, 50256] with GPT-2's files
+        """
+        if not self._allowed_specials(allowed_special):
+            return self.encode_ordinary(text)
+        ids = []
+        for i, part in enumerate(text.split(EOT)):
+            if i:
+                ids.append(self._eot_id)
+            ids.extend(self.encode_ordinary(part))
+        return ids
+
+    def encode_file(self, path, num_workers=None, allowed_special=(), progress=False):
+        """Encode a whole UTF-8 file on all cores: the text is cut at newlines where cutting provably changes nothing
+        (see split_for_workers), each piece is encoded in a worker process, and the ids are joined in order.
+        Returns a numpy array, uint16 when the vocab fits (GPT-2's does), else uint32. progress=True shows a bar
+        of pieces done when stderr is a terminal."""
+        text = read_text_file(path)
+        dtype = np.uint16 if self.vocab_size <= 1 << 16 else np.uint32
+        num_workers = num_workers or usable_cores()
+        specials = self._allowed_specials(allowed_special)
+        if num_workers == 1 or len(text) < _MIN_PARALLEL_CHARS:
+            return np.array(self.encode(text, specials), dtype=dtype)
+        pieces = split_for_workers(text, 4 * num_workers, specials)
+        show = progress and sys.stderr.isatty()
+        # With the fork start method (Linux) the workers inherit this object, warm cache included, without pickling.
+        with multiprocessing.Pool(num_workers, initializer=_init_worker, initargs=(self, specials, dtype)) as pool:
+            arrays = pool.imap(_encode_in_worker, pieces, chunksize=1)
+            return np.concatenate(list(tqdm(arrays, total=len(pieces), desc="Encoding", disable=not show)))
+
+    def _check_ids(self, ids):
+        if len(ids) and (min(ids) < 0 or max(ids) >= self.vocab_size):
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise UserError(f"token id {bad} is out of range: this vocab has ids 0..{self.vocab_size - 1}")
+
+    def decode(self, ids):
+        """Token ids -> text. Bytes that are not valid UTF-8 (a token cut inside a character) become U+FFFD.
+
+        decode([31373, 995]) -> "hello world" with GPT-2's files
+        """
+        self._check_ids(ids)
+        return b"".join(map(self._token_bytes.__getitem__, ids)).decode("utf-8", "bpe-replace")
+
+    def decode_pieces(self, ids):
+        """Each token's own text, for showing how a text was cut. [31373, 995] -> ["hello", " world"]"""
+        self._check_ids(ids)
+        return [self._token_bytes[i].decode("utf-8", "bpe-replace") for i in ids]
+
+    @staticmethod
+    def normalize_whitespace(text):
+        """Opt-in clean-up, never applied by encode: \\r\\n and \\r become \\n, runs of spaces and tabs become one
+        space, and spaces at line ends go. Use it on scraped text whose layout carries no meaning.
+
+        normalize_whitespace("a \\t b  \\r\\nc ") -> "a b\\nc"
+        """
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        text = re.sub(r"[ \t]+", " ", text)
+        return re.sub(r" +(?=\n)| +$", "", text)
+
+    # ---- files ----
+
+    def _serialize(self):
+        lines = [
+            FORMAT_HEADER,
+            f"#pattern {GPT2_PATTERN}",
+            f"#tokens {self._eot_id}",
+            f"#special {EOT} {self._eot_id}",
+            "# one token per line: id, its bytes (printable ASCII as-is, ␣ = space, \\\\ = backslash, \\xNN = other"
+            " bytes), and for merged tokens the two ids merged (the merge order is the id order)",
+        ]
+        for token_id, data in enumerate(self._token_bytes[: self._eot_id]):
+            text = "".join(_ESCAPES[b] for b in data)
+            parents = self._parents.get(token_id)
+            lines.append(f"{token_id} {text} {parents[0]} {parents[1]}" if parents else f"{token_id} {text}")
+        return "\n".join(lines) + "\n"
+
+    def save(self):
+        """Write the vocab to vocab_path atomically: a temp file in the same folder, then os.replace, so a crash
+        never leaves a half-written vocab behind."""
+        folder, name = os.path.split(os.path.abspath(self.vocab_path))
+        temp_path = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+        try:
+            with open(temp_path, "w", encoding="utf-8", newline="\n") as f:
+                f.write(self._serialize())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp_path, self.vocab_path)
+        finally:
+            with suppress(FileNotFoundError):
+                os.unlink(temp_path)
+
+    def load(self):
+        """Load vocab_path. Returns False if there is no such file; raises UserError naming the file and line if it
+        is not exactly a vocab this class wrote (wrong header, bad escape, ids out of order, truncated, ...)."""
+        if not os.path.exists(self.vocab_path):
+            return False
+        text = read_text_file(self.vocab_path)
+        self._build(*_parse_vocab(text, self.vocab_path))
+        return True
+
+    @classmethod
+    def from_gpt2(cls, encoder_json_path, vocab_bpe_path, vocab_path="vocab.txt"):
+        """Load OpenAI's GPT-2 files (encoder.json: token -> id, vocab.bpe: the merges in rank order), whose tokens
+        are spelled with GPT-2's byte-to-unicode characters ("Ġthe" is b" the"). Encodes exactly like tiktoken."""
+        try:
+            encoder = json.loads(read_text_file(encoder_json_path))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{encoder_json_path} is not valid JSON: {e.msg} (line {e.lineno})") from e
+        byte_decoder = {char: b for b, char in _gpt2_bytes_to_unicode().items()}
+        id_to_token = {token_id: token for token, token_id in encoder.items() if token != EOT}
+        byte_values = []
+        for token_id in range(256):
+            token = id_to_token.get(token_id, "")
+            if len(token) != 1 or token not in byte_decoder:
+                raise UserError(f"{encoder_json_path}: id {token_id} should be a single byte, found {token!r}")
+            byte_values.append(byte_decoder[token])
+        merges = []
+        lines = read_text_file(vocab_bpe_path).split("\n")
+        lines = [line for line in lines[1 if lines[0].startswith("#version") else 0 :] if line]
+        for rank, line in enumerate(lines):
+            left, _, right = line.partition(" ")
+            ids = encoder.get(left), encoder.get(right), encoder.get(left + right)
+            if None in ids or ids[2] != 256 + rank:
+                raise UserError(f"{vocab_bpe_path}: merge {rank} ({line!r}) does not match {encoder_json_path}")
+            merges.append(ids[:2])
+        if encoder.get(EOT) != 256 + len(merges) or len(encoder) != 257 + len(merges):
+            raise UserError(f"{encoder_json_path} and {vocab_bpe_path} do not belong together")
+        bpe = cls(vocab_path)
+        bpe._build(byte_values, merges)
+        return bpe
+
+
+def _parse_vocab(text, path):
+    """Check and read a vocab file; returns (byte_values, merges) for BPE._build. See BPE._serialize for the format."""
+    lines = text.replace("\r\n", "\n").split("\n")  # a valid file has no raw \r: every such byte is escaped
+    if lines[-1] == "":
+        lines.pop()
+
+    def fail(lineno, message):
+        raise UserError(f"{path}:{lineno}: {message}")
+
+    if lines[0] != FORMAT_HEADER:
+        fail(1, f"not a gpt2-llm BPE vocab (first line should be {FORMAT_HEADER!r}); for OpenAI's files use from_gpt2")
+    header = dict(line.partition(" ")[::2] for line in lines[1:4])
+    if header.get("#pattern") != GPT2_PATTERN:
+        fail(2, f"expected '#pattern {GPT2_PATTERN}' (the only pre-split pattern supported)")
+    num_tokens = header.get("#tokens", "")
+    if not num_tokens.isdigit() or int(num_tokens) < 256:
+        fail(3, "expected '#tokens N' with N >= 256")
+    num_tokens = int(num_tokens)
+    if header.get("#special") != f"{EOT} {num_tokens}":
+        fail(4, f"expected '#special {EOT} {num_tokens}' (the special token right after the last regular token)")
+
+    token_bytes, byte_values, merges = [], [], []
+    token_lines = [(lineno, line) for lineno, line in enumerate(lines[4:], start=5) if not line.startswith("#")]
+    for lineno, line in token_lines:
+        fields = line.split(" ")
+        token_id = len(token_bytes)
+        if not fields[0].isdigit() or int(fields[0]) != token_id:
+            fail(lineno, f"expected token id {token_id} here (ids must run 0, 1, 2, ... with no gaps or duplicates)")
+        if len(fields) != (2 if token_id < 256 else 4):
+            fail(lineno, "expected 'id bytes' for ids below 256 and 'id bytes left_id right_id' after (truncated?)")
+        data = _unescape(fields[1])
+        if data is None:
+            fail(lineno, f"bad escape in {fields[1]!r}")
+        if token_id < 256:
+            if len(data) != 1 or data[0] in byte_values:
+                fail(lineno, "ids 0..255 must each be a single byte, every byte exactly once")
+            byte_values.extend(data)
+        else:
+            if not (fields[2].isdigit() and fields[3].isdigit()):
+                fail(lineno, "merged token parents must be ids")
+            left, right = int(fields[2]), int(fields[3])
+            if left >= token_id or right >= token_id:
+                fail(lineno, f"a merged token's parents must have smaller ids than {token_id}")
+            if token_bytes[left] + token_bytes[right] != data:
+                fail(lineno, f"bytes {fields[1]!r} are not the bytes of tokens {left} and {right} joined")
+            merges.append((left, right))
+        token_bytes.append(data)
+    if len(token_bytes) != num_tokens:
+        fail(len(lines), f"file ends after {len(token_bytes)} of {num_tokens} tokens (truncated?)")
+    if len(set(merges)) != len(merges):
+        fail(len(lines), "the same pair is merged twice")
+    return byte_values, merges
+
+
+def usable_cores():
+    """Cores this process may run on (taskset / container limits), falling back to all cores."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+_worker_state = None
+
+
+def _init_worker(bpe, specials, dtype):
+    global _worker_state
+    _worker_state = bpe, specials, dtype
+
+
+def _encode_in_worker(piece):
+    bpe, specials, dtype = _worker_state
+    return np.array(bpe.encode(piece, specials), dtype=dtype)

@@ -1,0 +1,224 @@
+"""GPT2: token + position embeddings, a stack of decoder blocks, a final LayerNorm, a tied head.
+
+    ids (B, T) -> wte + wpe -> GPT2Decoder -> ln_f -> lm_head (= wte.weight) -> logits (B, T, V)
+
+The model reads no files and prints nothing; `save`/`load`/`from_pretrained` are thin doors to
+checkpoint.py and hf_interop.py, where the I/O lives.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpt2_llm import checkpoint, hf_interop
+from gpt2_llm.attention import QKVAttention
+from gpt2_llm.config import GPT2Config
+from gpt2_llm.decoder import GPT2Decoder
+from gpt2_llm.errors import UserError
+from gpt2_llm.kv_cache import KVCache
+from gpt2_llm.lookup_nn import TokenEmbedding
+from gpt2_llm.sampling import sample_next_token
+
+
+class GPT2(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int = 768,
+        num_layers: int = 12,
+        num_heads: int = 12,
+        max_seq_len: int = 1024,
+        dropout: float = 0.0,
+        use_rope: bool = False,
+        **config_fields,
+    ):
+        super().__init__()
+        self.config = config = GPT2Config(
+            vocab_size=vocab_size,
+            embedding_dim=embedding_dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            max_seq_len=max_seq_len,
+            dropout=dropout,
+            use_rope=use_rope,
+            **config_fields,
+        )
+        self.wte = TokenEmbedding(config.vocab_size, config.embedding_dim)
+        # With RoPE, position lives in the rotation of Q and K; no table to learn.
+        self.wpe = None if config.use_rope else nn.Embedding(config.max_seq_len, config.embedding_dim)
+        self.drop = nn.Dropout(config.dropout)
+        self.decoder = GPT2Decoder(
+            config.num_layers,
+            config.embedding_dim,
+            config.num_heads,
+            config.mlp_dim,
+            config.dropout,
+            config.use_rope,
+            config.max_seq_len,
+            config.layer_norm_eps,
+            config.bias,
+            config.rope_base,
+        )
+        self.ln_f = nn.LayerNorm(config.embedding_dim, eps=config.layer_norm_eps, bias=config.bias)
+        self.lm_head = nn.Linear(config.embedding_dim, config.vocab_size, bias=False)
+        # Weight tying: scoring a token as output uses the same vector that represents it as input.
+        # One Parameter, so it gets one gradient (the sum of both uses) and is stored once.
+        self.lm_head.weight = self.wte.weight
+        self._init_weights()
+
+    @classmethod
+    def from_config(cls, config: GPT2Config) -> "GPT2":
+        return cls(**config.to_dict())
+
+    @torch.no_grad()
+    def _init_weights(self):
+        """GPT-2's scheme: N(0, 0.02) for weights and embeddings, zero biases, LayerNorm 1/0.
+
+        Each block adds two branches (attention, MLP) to the residual stream, ending in a c_proj;
+        scaling those by 1/sqrt(2 * num_layers) keeps the stream's variance from growing with depth.
+        """
+        residual_std = 0.02 / math.sqrt(2 * self.config.num_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                std = residual_std if name.endswith("c_proj") else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.Embedding, TokenEmbedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        """Trainable parameter count; the tied head/embedding counts once."""
+        return sum(p.numel() for p in self.parameters())  # parameters() yields a shared one once
+
+    def use_math_attention(self, enabled: bool = True) -> None:
+        """Compute attention with the written-out `attention_math` instead of SDPA in every layer.
+
+        Same results within float tolerance; the caller picks whichever is faster where it runs.
+        On a CPU under bf16 autocast the explicit path is the faster one: PyTorch's CPU
+        flash-attention kernel is slow for small heads (hs=40 in the "small" preset), while
+        batched bf16 matmuls run near peak. With fp32 the fused kernel wins.
+        """
+        for module in self.modules():
+            if isinstance(module, QKVAttention):
+                module.use_math = enabled
+
+    def new_cache(self) -> KVCache:
+        """An empty KV cache sized for this model's context (see kv_cache.py)."""
+        return KVCache(self.config.num_layers, self.config.max_seq_len)
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """ids (B, T) -> final normalised hidden states (B, T, C), continuing the cache if given."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if cache is not None:
+            cache.check_room(T)
+        elif T > self.config.max_seq_len:
+            raise UserError(
+                f"sequence of {T} tokens is longer than the model's context ({self.config.max_seq_len}); "
+                "crop it to the last max_seq_len tokens"
+            )
+        x = self.wte(idx)  # (B, T) -> (B, T, C)
+        if self.wpe is not None:
+            positions = torch.arange(start, start + T, device=idx.device)
+            x = x + self.wpe(positions)  # (T, C) broadcast over the batch
+        x = self.drop(x)
+        x = self.decoder(x, cache)
+        return self.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """ids (B, T) -> logits (B, T, vocab_size). With a cache, idx continues the cached prefix."""
+        return self.lm_head(self.hidden_states(idx, cache))  # (B, T, C) -> (B, T, V)
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy. targets (B, T) are already shifted (targets[:, t] = idx[:, t+1]);
+        positions with -100 are ignored.
+
+        One fused cross_entropy over the flattened logits: no shift, no .contiguous(), no upcast copy.
+        """
+        logits = self(idx)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        eos_token_id: int | None = None,
+    ) -> torch.Tensor:
+        """Continue prompts (B, T) by up to max_new_tokens -> (B, T + new). temperature 0 is greedy.
+
+        The prompt is run once (prefill) into a KV cache, then each new token costs one position.
+        Past the context length the cache is rebuilt from the last max_seq_len - 1 tokens (a
+        sliding window), since absolute positions cannot be shifted inside it. Rows that produced
+        eos_token_id keep emitting it; generation stops when every row has.
+        """
+        if input_ids.dim() != 2 or input_ids.size(1) == 0:
+            raise UserError(f"generate needs prompt ids of shape (batch, length >= 1), got {tuple(input_ids.shape)}")
+        was_training = self.training
+        self.eval()  # no dropout while sampling
+        try:
+            window = self.config.max_seq_len
+            cache = self.new_cache()
+            ids = input_ids
+            logits = self._last_logits(ids[:, -window:], cache)
+            finished = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
+            for step in range(max_new_tokens):
+                next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B,)
+                if eos_token_id is not None:
+                    next_id = next_id.masked_fill(finished, eos_token_id)
+                    finished |= next_id == eos_token_id
+                ids = torch.cat((ids, next_id[:, None]), dim=1)
+                if step == max_new_tokens - 1 or bool(finished.all()):
+                    break
+                if cache.length == window:
+                    cache.reset()
+                    logits = self._last_logits(ids[:, -max(window - 1, 1) :], cache)
+                else:
+                    logits = self._last_logits(next_id[:, None], cache)
+            return ids
+        finally:
+            self.train(was_training)
+
+    def _last_logits(self, idx, cache):
+        """Logits of the last position only (B, V): the head's V x C matmul runs once, not T times."""
+        return self.lm_head(self.hidden_states(idx, cache)[:, -1])
+
+    # --- doors to the I/O edge -------------------------------------------------------------
+
+    def save(self, path, metadata: dict | None = None) -> None:
+        """Write weights + config (+ extra JSON metadata) to a safetensors checkpoint, atomically."""
+        checkpoint.save_model(self, path, metadata)
+
+    def load(self, path) -> dict:
+        """Load weights from a checkpoint of the same architecture; returns its metadata."""
+        return checkpoint.load_model_weights(self, path)
+
+    @classmethod
+    def from_checkpoint(cls, path) -> "GPT2":
+        """Build the model described by a checkpoint's stored config and load its weights."""
+        tensors, metadata = checkpoint.load_checkpoint(path)
+        model = cls.from_config(checkpoint.config_from_metadata(metadata, path))
+        checkpoint.copy_model_tensors(model, tensors, metadata, path)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, directory) -> "GPT2":
+        """Load a Hugging Face GPT-2 directory (config.json + model.safetensors or pytorch_model.bin)."""
+        config, tensors = hf_interop.read_hf_gpt2(directory)
+        model = cls.from_config(config)
+        checkpoint.copy_model_tensors(model, tensors, {"config": config.to_dict()}, directory)
+        return model
+
+    def save_pretrained(self, directory) -> None:
+        """Write config.json + model.safetensors in Hugging Face's GPT-2 layout."""
+        hf_interop.write_hf_gpt2(self, directory)

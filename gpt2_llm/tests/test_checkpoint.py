@@ -1,0 +1,195 @@
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gpt2_llm import GPT2
+from gpt2_llm import checkpoint
+from gpt2_llm.errors import UserError
+
+SMALL = dict(vocab_size=101, embedding_dim=32, num_layers=2, num_heads=4, max_seq_len=16)
+
+
+def small_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return GPT2(**{**SMALL, **overrides}).eval()
+
+
+def test_save_checkpoint_round_trip(tmp_path):
+    path = tmp_path / "c.safetensors"
+    tensors = {"a": torch.arange(6.0).view(2, 3), "optimizer/m": torch.ones(4, dtype=torch.bfloat16)}
+    metadata = {"config": {"x": 1}, "step": 12, "lr": 3e-4, "note": "hi", "nested": {"list": [1, 2.5, None]}}
+    checkpoint.save_checkpoint(path, tensors, metadata)
+    loaded, meta = checkpoint.load_checkpoint(path)
+    assert set(loaded) == set(tensors) and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    assert meta == {"format": "gpt2-llm", "version": "1", **metadata}
+
+
+def test_metadata_is_json_in_the_safetensors_header(tmp_path):
+    path = tmp_path / "c.safetensors"
+    checkpoint.save_checkpoint(path, {"a": torch.zeros(1)}, {"config": {"vocab_size": 5}, "step": 3})
+    raw = path.read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
+    assert header == {"format": "gpt2-llm", "version": "1", "config": '{"vocab_size": 5}', "step": "3"}
+
+
+def test_reserved_metadata_keys_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="reserved"):
+        checkpoint.save_checkpoint(tmp_path / "c", {"a": torch.zeros(1)}, {"format": "mine"})
+
+
+@pytest.mark.parametrize("use_rope", [False, True])
+def test_model_round_trip_keeps_weights_config_and_tying(tmp_path, use_rope):
+    model = small_model(use_rope=use_rope)
+    path = tmp_path / "model.safetensors"
+    model.save(path, metadata={"step": 7})
+    loaded = GPT2.from_checkpoint(path)
+    assert loaded.config == model.config
+    assert loaded.lm_head.weight is loaded.wte.weight
+    x = torch.randint(0, 101, (2, 9))
+    torch.testing.assert_close(loaded.eval()(x), model(x), atol=0, rtol=0)
+
+    other = small_model(seed=1, use_rope=use_rope)
+    assert other.load(path)["step"] == 7
+    assert other.lm_head.weight is other.wte.weight
+    torch.testing.assert_close(other(x), model(x), atol=0, rtol=0)
+
+
+def test_tied_weight_is_stored_once_without_prefix(tmp_path):
+    path = tmp_path / "model.safetensors"
+    small_model().save(path)
+    tensors, _ = checkpoint.load_checkpoint(path)
+    assert "wte.weight" in tensors and "lm_head.weight" not in tensors
+    assert "decoder.blocks.0.attn.c_attn.weight" in tensors
+
+
+def test_trainer_tensors_under_prefixes_are_ignored_by_model_load(tmp_path):
+    model = small_model()
+    path = tmp_path / "train.safetensors"
+    tensors = {**checkpoint.model_tensors(model), "optimizer/0.exp_avg": torch.ones(3), "rng/cpu": torch.ones(2)}
+    checkpoint.save_checkpoint(path, tensors, {"config": model.config.to_dict(), "step": 1})
+    loaded = GPT2.from_checkpoint(path)
+    assert torch.equal(loaded.wte.weight, model.wte.weight)
+
+
+def test_atomic_save_keeps_old_file_when_replace_fails(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    small_model(seed=0).save(path)
+    before = path.read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        small_model(seed=1).save(path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.safetensors"]  # no temp file left behind
+
+
+def test_atomic_save_cleans_up_when_serialisation_fails(tmp_path):
+    path = tmp_path / "c.safetensors"
+    shared = torch.zeros(4)
+    with pytest.raises(Exception):
+        checkpoint.save_checkpoint(path, {"a": shared, "b": shared}, {})  # safetensors refuses shared memory
+    assert os.listdir(tmp_path) == []
+
+
+class _Marker:
+    """Unpickling this creates a file: proof that a pickle would have run code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_pickled_files_are_refused_without_unpickling(tmp_path, writer):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model.pt"
+    payload = {"wte.weight": torch.zeros(2), "evil": _Marker(str(marker))}
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=4))
+    for load in (checkpoint.load_checkpoint, GPT2.from_checkpoint, small_model().load):
+        with pytest.raises(UserError, match="looks like a pickled PyTorch file; gpt2-llm refuses to unpickle"):
+            load(path)
+    assert not marker.exists()
+
+
+def test_shape_mismatch_names_tensor_shapes_and_reason(tmp_path):
+    path = tmp_path / "model.safetensors"
+    small_model(vocab_size=1524).save(path)
+    with pytest.raises(UserError) as error:
+        small_model(vocab_size=1600).load(path)
+    message = str(error.value)
+    assert "wte.weight" in message and "(1524, 32)" in message and "(1600, 32)" in message
+    assert "vocab_size 1524 in checkpoint vs 1600 in model: the checkpoint was trained with a different vocabulary" in message
+    assert "from_checkpoint" in message
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"num_layers": 3}, "num_layers 3 in checkpoint vs 2 in model"),
+        ({"num_heads": 2}, "num_heads 2 in checkpoint vs 4 in model"),  # same shapes, different math
+        ({"use_rope": True}, "use_rope True in checkpoint vs False in model"),
+        ({"max_seq_len": 8}, "max_seq_len 8 in checkpoint vs 16 in model"),
+    ],
+)
+def test_architecture_mismatches_are_user_errors(tmp_path, overrides, expected):
+    path = tmp_path / "model.safetensors"
+    small_model(**overrides).save(path)
+    with pytest.raises(UserError, match=expected):
+        small_model().load(path)
+
+
+def test_rope_checkpoint_loads_at_another_context_length(tmp_path):
+    path = tmp_path / "model.safetensors"
+    small_model(use_rope=True, max_seq_len=8).save(path)
+    small_model(use_rope=True, max_seq_len=16).load(path)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: p.mkdir(), "is a directory"),
+        (lambda p: p.write_bytes(b""), "is empty"),
+        (lambda p: p.write_bytes(b"hello, I am not a checkpoint at all"), "truncated or corrupt"),
+    ],
+)
+def test_unreadable_files_give_one_line_user_errors(tmp_path, make, message):
+    path = tmp_path / "model.safetensors"
+    make(path)
+    with pytest.raises(UserError, match=message) as error:
+        checkpoint.load_checkpoint(path)
+    assert "\n" not in str(error.value)
+
+
+def test_truncated_checkpoint(tmp_path):
+    path = tmp_path / "model.safetensors"
+    small_model().save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        GPT2.from_checkpoint(path)
+
+
+def test_directory_of_a_hugging_face_model_gets_a_hint(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="from_pretrained"):
+        checkpoint.load_checkpoint(tmp_path)
+
+
+def test_safetensors_file_from_another_project(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "pt"})
+    with pytest.raises(UserError, match="not a gpt2-llm checkpoint"):
+        checkpoint.load_checkpoint(path)

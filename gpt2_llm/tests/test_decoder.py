@@ -1,0 +1,59 @@
+import math
+
+import pytest
+import torch
+
+from gpt2_llm.decoder import MLP, DecoderBlock, GPT2Decoder
+
+
+def gelu_new(x):
+    """GPT-2's activation as OpenAI wrote it (HF's "gelu_new")."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def test_mlp_uses_gpt2_gelu():
+    torch.manual_seed(0)
+    mlp = MLP(16, 64)
+    x = torch.randn(2, 3, 16)
+    expected = mlp.c_proj(gelu_new(mlp.c_fc(x)))
+    torch.testing.assert_close(mlp(x), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_block_is_pre_layernorm_residual():
+    """With both branches' output projections zeroed, a block is the identity."""
+    torch.manual_seed(0)
+    block = DecoderBlock(32, 4, 128)
+    with torch.no_grad():
+        for proj in (block.attn.c_proj, block.mlp.c_proj):
+            proj.weight.zero_()
+            proj.bias.zero_()
+    x = torch.randn(2, 6, 32)
+    torch.testing.assert_close(block(x), x)
+
+
+def test_block_computes_the_two_residual_branches():
+    torch.manual_seed(0)
+    block = DecoderBlock(32, 4, 128)
+    x = torch.randn(2, 6, 32)
+    h = x + block.attn(block.ln_1(x))
+    torch.testing.assert_close(block(x), h + block.mlp(block.ln_2(h)))
+
+
+@pytest.mark.parametrize("feedforward_dim, expected", [(None, 128), (40, 40)])
+def test_decoder_stacks_blocks(feedforward_dim, expected):
+    decoder = GPT2Decoder(3, 32, 4, feedforward_dim)
+    assert len(decoder.blocks) == 3
+    assert decoder.blocks[0].mlp.c_fc.out_features == expected
+    x = torch.randn(2, 5, 32)
+    out = decoder(x)
+    assert out.shape == x.shape
+    y = x
+    for block in decoder.blocks:
+        y = block(y)
+    torch.testing.assert_close(out, y)
+
+
+def test_bias_free_layers():
+    block = DecoderBlock(32, 4, 64, bias=False)
+    assert all("bias" not in name for name, _ in block.named_parameters())
+    assert block(torch.randn(1, 3, 32)).shape == (1, 3, 32)

@@ -1,0 +1,68 @@
+"""optim.py: the AdamW setup, the learning-rate schedule and the optimizer state as named tensors."""
+import math
+
+import pytest
+import torch
+
+from gpt2_llm.gpt2 import GPT2
+from gpt2_llm.optim import learning_rate_at, load_optimizer_state, make_adamw, optimizer_state_tensors
+
+
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (0, 0.1),  # warmup: (step + 1) / warmup_steps of the peak
+        (4, 0.5),
+        (9, 1.0),  # warmup ends at the peak
+        (10, 1.0),  # the cosine starts at the peak
+        (55, 0.1 + 0.9 * 0.5),  # half way through the cosine: half way down to the floor
+        (100, 0.1),  # the floor is 10% of the peak
+        (150, 0.1),  # and stays there
+    ],
+)
+def test_warmup_then_cosine_to_ten_percent(step, expected):
+    assert learning_rate_at(step, 1.0, warmup_steps=10, total_steps=100) == pytest.approx(expected)
+
+
+def test_schedule_decreases_after_warmup():
+    lrs = [learning_rate_at(s, 3e-4, 10, 200) for s in range(10, 201)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_time_budget_drives_the_schedule_when_it_is_further_along():
+    # 10% of the time ends the warmup even after 2 of 100 warmup steps; all of it reaches the floor.
+    assert learning_rate_at(1, 1.0, 100, 10_000, time_fraction=0.05) == pytest.approx(0.5)
+    assert learning_rate_at(1, 1.0, 100, 10_000, time_fraction=0.5) == pytest.approx(0.55)
+    assert learning_rate_at(1, 1.0, 100, 10_000, time_fraction=1.0) == pytest.approx(0.1)
+    assert learning_rate_at(9_990, 1.0, 10, 10_000, time_fraction=0.0) == pytest.approx(0.1, abs=1e-4)
+
+
+def test_no_warmup():
+    assert learning_rate_at(0, 1.0, 0, 10) == pytest.approx(1.0)
+
+
+def test_weight_decay_on_matrices_only_and_fused():
+    model = GPT2(64, 16, 1, 2, 8)
+    optimizer = make_adamw(model, 1e-3, 0.1, (0.9, 0.95), "cpu")
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() < 2 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    assert optimizer.defaults["fused"] and optimizer.defaults["betas"] == (0.9, 0.95)
+
+
+def test_optimizer_state_round_trips_through_named_tensors():
+    torch.manual_seed(0)
+    model = GPT2(64, 16, 1, 2, 8)
+    optimizer = make_adamw(model, 1e-3)
+    model.loss(torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8))).backward()
+    optimizer.step()
+    tensors, hyper = optimizer_state_tensors(optimizer, model)
+    assert "optimizer/wte.weight/exp_avg_sq" in tensors and hyper["param_groups"][0]["params"][0] == "wte.weight"
+
+    fresh = make_adamw(model, 5e-1)
+    load_optimizer_state(fresh, model, tensors, hyper)
+    assert fresh.param_groups[0]["lr"] == 1e-3
+    for p in model.parameters():
+        assert all(torch.equal(optimizer.state[p][k], fresh.state[p][k]) for k in optimizer.state[p])
+    assert math.isclose(float(fresh.state[model.wte.weight]["step"]), 1.0)

@@ -1,0 +1,299 @@
+"""trainer.py: learning, exact resume, interruption, divergence, checkpoints, and the train/plot CLI.
+
+The models here are micro GPTs (2 layers, width 32, context 32) so that the whole file runs in
+well under a minute on two CPU cores.
+"""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bpe import BPE
+from gpt2_llm import checkpoint
+from gpt2_llm.errors import UserError
+from gpt2_llm.gpt2 import GPT2
+from gpt2_llm.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[2]
+MAIN = str(REPO / "main.py")
+MICRO = dict(embedding_dim=32, num_layers=2, num_heads=2, max_seq_len=32, batch_size=4, learning_rate=3e-3)
+QUIET = dict(progress=False, sample_tokens=0)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    text = (REPO / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:60_000]
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def vocab(corpus):
+    path = corpus.parent / "vocab.txt"
+    bpe = BPE(str(path))
+    bpe.set_vocab_size(300)
+    bpe.create_vocab(corpus.read_text(encoding="utf-8"), verbose=False)
+    bpe.save()
+    return path
+
+
+def micro_trainer(vocab, **options):
+    return Trainer.create_trainer_from_vocab(vocab, **{**MICRO, **QUIET, "dtype": "fp32", **options})
+
+
+def read_log(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def interrupt_after(trainer, num_steps):
+    """Make the trainer's step send SIGINT to this process after num_steps steps, like a user's Ctrl-C."""
+    step = trainer.train_step
+    count = [0]
+
+    def step_then_interrupt(*args):
+        result = step(*args)
+        count[0] += 1
+        if count[0] == num_steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    trainer.train_step = step_then_interrupt
+
+
+def test_loss_falls(vocab, corpus, tmp_path):
+    trainer = micro_trainer(vocab)
+    data = trainer.load_data(corpus)
+    loss_before, bpb_before = trainer.evaluate(data)
+    result = trainer.train(corpus, max_steps=40, save_path=tmp_path / "m.pt")
+    assert result.stop_reason == "finished" and result.steps == 40
+    assert result.val_loss < loss_before - 1.0, (loss_before, result.val_loss)
+    assert result.val_bpb < bpb_before - 1.0
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_interrupted_and_resumed_run_matches_a_straight_run(vocab, corpus, tmp_path, dtype):
+    # dropout: the RNG state must resume too. CPU: bit-exact there (CUDA's atomics-based kernels are not).
+    options = dict(dropout=0.1, eval_interval=3, dtype=dtype, device="cpu")
+    straight = micro_trainer(vocab, log_file=str(tmp_path / "straight.jsonl"), **options)
+    straight.train(corpus, max_steps=8, save_path=tmp_path / "straight.pt")
+
+    first = micro_trainer(vocab, log_file=str(tmp_path / "resumed.jsonl"), **options)
+    interrupt_after(first, 4)
+    result = first.train(corpus, max_steps=8, save_path=tmp_path / "resumed.pt")
+    assert (result.stop_reason, result.steps, result.signal_number) == ("interrupted", 4, signal.SIGINT)
+    del first  # a new process would know only the checkpoint
+    bpe = BPE(str(vocab))
+    bpe.load()
+    second = Trainer.from_checkpoint(tmp_path / "resumed.pt", bpe, log_file=str(tmp_path / "resumed.jsonl"),
+                                     device="cpu", **QUIET)
+    assert second.state.step == 4
+    assert second.train(corpus, max_steps=8, save_path=tmp_path / "resumed.pt").steps == 8
+
+    straight_log, resumed_log = read_log(tmp_path / "straight.jsonl"), read_log(tmp_path / "resumed.jsonl")
+    assert [r["step"] for r in resumed_log] == list(range(1, 9))
+    for a, b in zip(straight_log, resumed_log):
+        assert (a["loss"], a["lr"], a.get("val_loss")) == (b["loss"], b["lr"], b.get("val_loss")), a["step"]
+    for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    second_params = dict(second.model.named_parameters())
+    for name, p in straight.model.named_parameters():
+        a, b = straight.optimizer.state[p], second.optimizer.state[second_params[name]]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_checkpoint_layout(vocab, corpus, tmp_path):
+    trainer = micro_trainer(vocab)
+    trainer.train(corpus, max_steps=2, save_path=tmp_path / "m.pt")
+    tensors, metadata = checkpoint.load_checkpoint(tmp_path / "m.pt")
+    assert "wte.weight" in tensors and "lm_head.weight" not in tensors  # the tied head is stored once
+    assert {"optimizer/wte.weight/exp_avg", "optimizer/wte.weight/exp_avg_sq", "optimizer/wte.weight/step",
+            "rng/torch_cpu", "rng/batch"} <= set(tensors)
+    assert metadata["training"]["step"] == 2 and metadata["training"]["tokens_seen"] == 2 * 4 * 32
+    assert metadata["vocab"]["fingerprint"] == trainer.bpe.fingerprint()
+    assert metadata["train_args"]["learning_rate"] == 3e-3 and "device" not in metadata["train_args"]
+    assert [g["weight_decay"] for g in metadata["optimizer"]["param_groups"]] == [0.1, 0.0]
+    assert set(metadata["rng"]) == {"numpy", "python"}
+    # The plain model loader reads it too, ignoring the trainer's tensors.
+    model = GPT2.from_checkpoint(tmp_path / "m.pt")
+    assert torch.equal(model.wte.weight, trainer.model.wte.weight.cpu())
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint(vocab, corpus, tmp_path, monkeypatch):
+    path = tmp_path / "m.pt"
+    trainer = micro_trainer(vocab)
+    trainer.train(corpus, max_steps=2, save_path=path)
+    before = path.read_bytes()
+
+    def write_half_then_die(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x00" * 100)
+        raise KeyboardInterrupt  # as if killed mid-write
+
+    monkeypatch.setattr(checkpoint, "save_file", write_half_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"], "the temp file is cleaned up"
+    assert Trainer.from_checkpoint(path, trainer.bpe, **QUIET).state.step == 2
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(vocab, corpus, tmp_path):
+    path = tmp_path / "m.pt"
+    trainer = micro_trainer(vocab, eval_interval=3)
+    loss_fn, calls = trainer.loss_fn, [0]
+
+    def nan_from_step_5(x, y):
+        calls[0] += 1
+        loss = loss_fn(x, y)
+        return loss * float("nan") if calls[0] >= 5 else loss
+
+    trainer.loss_fn = nan_from_step_5
+    with pytest.raises(UserError, match=r"diverged.*nan at step 5.*last good checkpoint \(step 3\) was kept"):
+        trainer.train(corpus, max_steps=10, save_path=path)
+    saved = Trainer.from_checkpoint(path, trainer.bpe, **QUIET)
+    assert saved.state.step == 3
+    assert all(p.isfinite().all() for p in saved.model.parameters())
+    assert all(p.isfinite().all() for p in trainer.model.parameters()), "the NaN step was not applied"
+    trainer.model.wte.weight.data[0, 0] = float("nan")
+    with pytest.raises(UserError, match="refusing to save non-finite weights"):
+        trainer.save_checkpoint(path)
+    assert Trainer.from_checkpoint(path, trainer.bpe, **QUIET).state.step == 3
+
+
+def test_checkpoint_with_another_vocab_is_refused(vocab, corpus, tmp_path):
+    trainer = micro_trainer(vocab)
+    trainer.train(corpus, max_steps=1, save_path=tmp_path / "m.pt")
+    other = BPE(str(tmp_path / "other.txt"))
+    other.set_vocab_size(290)
+    other.create_vocab(corpus.read_text(encoding="utf-8"), verbose=False)
+    with pytest.raises(UserError, match=r"different vocabulary \(300 tokens.*\(290 tokens.*Pass the vocab file"):
+        Trainer.from_checkpoint(tmp_path / "m.pt", other)
+
+
+def test_vocab_larger_than_the_model_is_refused(vocab):
+    bpe = BPE(str(vocab))
+    bpe.load()
+    with pytest.raises(UserError, match="300 tokens but the model has only 256"):
+        Trainer(GPT2(256, 32, 1, 2, 32), bpe, 32, 4, 1e-3, **QUIET)
+
+
+def test_context_longer_than_the_model_is_refused(vocab):
+    bpe = BPE(str(vocab))
+    bpe.load()
+    with pytest.raises(UserError, match="context 64 is longer"):
+        Trainer(GPT2(320, 32, 1, 2, 32), bpe, 64, 4, 1e-3, **QUIET)
+
+
+def test_bits_per_byte_of_a_uniform_model(vocab, corpus):
+    """A model with all-zero weights predicts uniformly: log2(V) bits per target token, exactly."""
+    trainer = micro_trainer(vocab, eval_tokens=96)
+    for p in trainer.model.parameters():
+        torch.nn.init.zeros_(p)
+    data = trainer.load_data(corpus)
+    targets = [t for _, y in data.eval_batches(4, 96) for t in y.flatten().tolist()]
+    text_bytes = len(trainer.bpe.decode(targets).encode("utf-8"))
+    loss, bpb = trainer.evaluate(data)
+    vocab_rows = trainer.model.config.vocab_size  # 320: padding rows get probability too
+    assert len(targets) == 96 and loss == pytest.approx(math.log(vocab_rows), rel=1e-6)
+    assert bpb == pytest.approx(math.log2(vocab_rows) * 96 / text_bytes, rel=1e-6)
+
+
+def test_max_time_stops_and_finishes_the_schedule(vocab, corpus, tmp_path):
+    trainer = micro_trainer(vocab, warmup_steps=2)
+    start = time.perf_counter()
+    result = trainer.train(corpus, max_steps=100_000, max_time=1.0, save_path=tmp_path / "m.pt")
+    assert result.stop_reason == "max_time" and 2 < result.steps < 100_000
+    assert time.perf_counter() - start < 30
+    assert trainer.learning_rate() == pytest.approx(0.1 * 3e-3)  # the cosine reached its floor with the time
+
+
+def test_new_run_after_a_finished_one(vocab, corpus, tmp_path):
+    trainer = micro_trainer(vocab)
+    trainer.train(corpus, max_steps=3, save_path=tmp_path / "m.pt")
+    resumed = Trainer.from_checkpoint(tmp_path / "m.pt", trainer.bpe, **QUIET)
+    result = resumed.train(corpus, max_steps=2, save_path=tmp_path / "m.pt")
+    assert result.steps == 5 and resumed.state.run_start_step == 3
+
+
+def test_epoch_is_train_tokens_over_tokens_per_step(vocab, corpus, tmp_path):
+    trainer = micro_trainer(vocab, batch_size=8, grad_accum=2)
+    data = trainer.load_data(corpus)
+    trainer.plan_run(data, num_epochs=0.5, max_steps=None, max_time=None)
+    assert trainer.state.run_total_steps == round(0.5 * (len(data.train) // (8 * 2 * 32)))
+
+
+def test_unknown_device_is_a_user_error(vocab):
+    with pytest.raises(UserError, match="unknown device"):
+        micro_trainer(vocab, device="tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA"):
+            micro_trainer(vocab, device="cuda")
+
+
+# --- the CLI, in a subprocess as a user runs it ------------------------------------------------
+
+
+def main_py(*args, cwd, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    return subprocess.run([sys.executable, MAIN, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=env, **kwargs)
+
+
+def test_cli_train_resume_and_plot(corpus, tmp_path):
+    (tmp_path / "corpus.txt").write_text(corpus.read_text(encoding="utf-8"), encoding="utf-8")
+    run = main_py("train", "corpus.txt", "--preset", "tiny", "--max-steps", "3", "--log-file", "log.jsonl",
+                  "--no-progress", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "Creating vocab vocab.txt" in run.stdout and "Done at step 3" in run.stdout
+    assert (tmp_path / "vocab.txt").exists() and (tmp_path / "gpt2_model.pt").exists()
+    assert len(read_log(tmp_path / "log.jsonl")) == 3 and "val_bpb" in read_log(tmp_path / "log.jsonl")[-1]
+
+    again = main_py("train", "corpus.txt", "vocab.txt", "gpt2_model.pt", "--max-steps", "1", "--no-progress",
+                    cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "Done at step 4" in again.stdout
+
+    conflict = main_py("train", "corpus.txt", "vocab.txt", "gpt2_model.pt", "--dim", "64", cwd=tmp_path)
+    assert conflict.returncode == 2 and "embedding_dim 64 (checkpoint has 128)" in conflict.stderr
+    assert conflict.stderr.count("\n") == 1, "one line, no traceback"
+
+    plot = main_py("plot", "log.jsonl", "--output", "loss.png", cwd=tmp_path)
+    assert plot.returncode == 0, plot.stderr
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_sigint_saves_a_resumable_checkpoint(corpus, vocab, tmp_path):
+    args = [MAIN, "train", corpus, vocab, "--preset", "tiny", "--layers", "2", "--dim", "32", "--heads", "2",
+            "--context", "32", "--max-steps", "100000", "--log-file", "log.jsonl", "--save", "m.pt", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "log.jsonl"
+    deadline = time.time() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Interrupted at step" in out and "Traceback" not in err
+    bpe = BPE(str(vocab))
+    bpe.load()
+    resumed = Trainer.from_checkpoint(tmp_path / "m.pt", bpe, **QUIET)
+    assert resumed.state.step == len(read_log(log)) and resumed.state.run_total_steps == 100_000
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
+    from gpt2_llm.commands import plot_command
+
+    (tmp_path / "log.jsonl").write_text('{"step": 1, "loss": 5.0}\n')
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    args = type("Args", (), {"log": str(tmp_path / "log.jsonl"), "output": str(tmp_path / "x.png")})
+    with pytest.raises(UserError, match="pip install matplotlib"):
+        plot_command.run(args)

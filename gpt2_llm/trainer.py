@@ -1,0 +1,486 @@
+"""Trainer: the training loop around a GPT2 model, with evaluation, checkpoints and exact resume.
+
+    text file -> data.load_tokens (cached) -> TokenDataset -> random batches
+    step:  grad_accum x (forward + backward under autocast) -> clip grads to 1.0 -> AdamW (fused)
+    every eval_interval steps and at the end: val loss, bits per byte, a sample, a checkpoint
+
+The step (`train_step`) touches no files and prints nothing; the loop around it does the I/O. That
+split is where distributed training slots in later: each rank runs train_step on its own batches,
+and only rank 0 (`is_main_process`) logs, samples and writes checkpoints.
+"""
+import math
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gpt2_llm import checkpoint
+from gpt2_llm.config import GPT2Config
+from gpt2_llm.data import TokenDataset, load_tokens, token_byte_lengths, vocab_fingerprint
+from gpt2_llm.device import autocast, dtype_name, pick_device, pick_dtype
+from gpt2_llm.errors import UserError
+from gpt2_llm.gpt2 import GPT2
+from gpt2_llm.metrics import MetricsLog, bits_per_byte
+from gpt2_llm.optim import learning_rate_at, load_optimizer_state, make_adamw, optimizer_state_tensors
+
+# Training settings that go with each model shape in config.PRESETS (batch, lr, warmup, ...).
+TRAINING_PRESETS = {
+    "tiny": dict(batch_size=8, learning_rate=1e-3, warmup_steps=20, eval_interval=100),
+    # Tuned for a 2-core CPU and `--max-time 100` on Shakespeare (see README: quick preset).
+    "quick": dict(batch_size=16, learning_rate=2e-3, warmup_steps=30, eval_interval=1000, eval_tokens=65536),
+    "small": dict(batch_size=4, learning_rate=3e-4, warmup_steps=100, eval_interval=250),
+    "gpt2": dict(batch_size=16, learning_rate=6e-4, warmup_steps=200, eval_interval=500),
+}
+
+
+@dataclass
+class TrainingConfig:
+    """How to train; saved in every checkpoint so that a resumed run continues the same way."""
+
+    context_length: int  # tokens per training window (at most the model's max_seq_len)
+    batch_size: int  # windows per micro-batch
+    learning_rate: float  # peak lr, reached after warmup
+    grad_accum: int = 1  # micro-batches per optimizer step: the effective batch is batch_size * grad_accum
+    warmup_steps: int | None = None  # None: 5% of the run, at most 100 steps
+    min_lr_ratio: float = 0.1  # the cosine ends at this fraction of the peak lr
+    weight_decay: float = 0.1  # on matrices only
+    betas: tuple = (0.9, 0.95)  # GPT-3's: a shorter memory for the second moment than Adam's 0.999
+    grad_clip: float = 1.0
+    seed: int = 1337
+    val_fraction: float = 0.1  # the last 10% of the file is validation, never trained on
+    eval_interval: int = 250  # steps between evaluations (and checkpoints)
+    eval_tokens: int = 32768  # val tokens scored per evaluation: the same windows every time
+    sample_tokens: int = 48  # tokens of sample text printed at each evaluation; 0 for none
+    dtype: str | None = None  # fp32, bf16, fp16; None: bf16 where the hardware has it (then saved as chosen)
+    # Where and how to run: these describe this machine, not the run, so a resume may change them.
+    device: str | None = None  # None: cuda, then mps, then cpu
+    compile: bool = False  # torch.compile the forward + loss
+    log_file: str | None = None  # JSON-lines metrics log
+    progress: bool = True  # show a progress bar
+
+    MACHINE_FIELDS = ("device", "compile", "log_file", "progress")
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        for name in ("context_length", "batch_size", "grad_accum", "eval_interval", "eval_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if not self.learning_rate > 0:
+            raise UserError(f"learning rate must be positive, got {self.learning_rate}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise UserError(f"warmup steps must be >= 0, got {self.warmup_steps}")
+
+    def run_settings(self) -> dict:
+        """The fields that shape the training math (saved in checkpoints; machine fields are not)."""
+        return {k: v for k, v in asdict(self).items() if k not in self.MACHINE_FIELDS}
+
+
+@dataclass
+class TrainingState:
+    """Where training stands; JSON in the checkpoint. A "run" is one planned schedule (warmup + cosine)."""
+
+    step: int = 0  # optimizer steps taken, over all runs
+    tokens_seen: int = 0
+    elapsed: float = 0.0  # seconds spent in training steps, over all runs (evals and saves excluded)
+    run_start_step: int = 0
+    run_total_steps: int = 0  # the step at which the current run's schedule ends
+    run_warmup_steps: int = 0
+    run_max_time: float | None = None  # the current run's time budget, in seconds of training steps
+    run_start_elapsed: float = 0.0
+    best_val_loss: float | None = None
+    best_val_bpb: float | None = None
+    last_val_loss: float | None = None
+    last_val_bpb: float | None = None
+
+    @property
+    def run_elapsed(self) -> float:
+        return self.elapsed - self.run_start_elapsed
+
+    def run_finished(self) -> bool:
+        out_of_time = self.run_max_time is not None and self.run_elapsed >= self.run_max_time
+        return self.step >= self.run_total_steps or out_of_time
+
+
+@dataclass
+class TrainResult:
+    stop_reason: str  # "finished", "max_time" or "interrupted"
+    steps: int
+    val_loss: float | None
+    val_bpb: float | None
+    checkpoint_path: str | None
+    signal_number: int | None = None
+
+
+class Trainer:
+    def __init__(self, model: GPT2, bpe, max_seq_len: int, batch_size: int, learning_rate: float, **options):
+        """options: any TrainingConfig field (grad_accum, warmup_steps, dtype, device, seed, ...)."""
+        self.config = config = TrainingConfig(max_seq_len, batch_size, learning_rate, **options)
+        if config.context_length > model.config.max_seq_len:
+            raise UserError(
+                f"context {config.context_length} is longer than the model's max_seq_len {model.config.max_seq_len}"
+            )
+        if bpe.vocab_size > model.config.vocab_size:
+            raise UserError(
+                f"the vocab has {bpe.vocab_size} tokens but the model has only {model.config.vocab_size} "
+                "embedding rows; build the model with vocab_size=bpe.get_model_vocab_size()"
+            )
+        self.bpe = bpe
+        self.device = pick_device(config.device)
+        self.dtype = pick_dtype(config.dtype, self.device)
+        config.dtype = dtype_name(self.dtype)  # a resumed run keeps the precision it started with
+        self.is_main_process = True  # rank 0 under torchrun; the only process for now
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores: ~8x, 10-bit mantissa
+            torch.backends.cudnn.allow_tf32 = True
+        self.model = model.to(self.device)
+        self.optimizer = make_adamw(model, learning_rate, config.weight_decay, config.betas, self.device.type)
+        # fp16 has too few exponent bits for small gradients: scale the loss up, unscale before clipping.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.loss_fn = torch.compile(model.loss) if config.compile else model.loss
+        self.byte_lengths = torch.from_numpy(token_byte_lengths(bpe, model.config.vocab_size))
+        self.state = TrainingState()
+        self.last_saved_step = None
+        self.seed_everything(config.seed)
+
+    # --- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def create_trainer_from_vocab(cls, vocab_path, embedding_dim, num_layers, num_heads, max_seq_len,
+                                  batch_size, learning_rate, dropout=0.0, use_rope=False, seed=1337,
+                                  **options) -> "Trainer":
+        """A fresh model sized for the vocab at vocab_path (which must exist), and its trainer."""
+        bpe = load_vocab(vocab_path)
+        torch.manual_seed(seed)  # the initial weights are part of what a seed reproduces
+        model = GPT2(bpe.get_model_vocab_size(), embedding_dim, num_layers, num_heads, max_seq_len, dropout, use_rope)
+        return cls(model, bpe, max_seq_len, batch_size, learning_rate, seed=seed, **options)
+
+    @classmethod
+    def from_checkpoint(cls, path, bpe, **options) -> "Trainer":
+        """Rebuild model, optimizer, schedule position and RNG states from a checkpoint to resume exactly.
+
+        options override the checkpoint's saved training settings (device, dtype, log_file, ...).
+        A checkpoint written by model.save (weights only) starts a fresh optimizer.
+        """
+        tensors, metadata = checkpoint.load_checkpoint(path)
+        config = checkpoint.config_from_metadata(metadata, path)
+        check_vocab_matches(bpe, metadata, config, path)  # before any id can index past the embedding
+        model = GPT2.from_config(config)
+        checkpoint.copy_model_tensors(model, tensors, metadata, path)
+        settings = {**metadata.get("train_args", {}), **options}
+        settings.setdefault("context_length", config.max_seq_len)
+        settings.setdefault("batch_size", TRAINING_PRESETS["small"]["batch_size"])
+        settings.setdefault("learning_rate", TRAINING_PRESETS["small"]["learning_rate"])
+        trainer = cls(model, bpe, settings.pop("context_length"), settings.pop("batch_size"),
+                      settings.pop("learning_rate"), **settings)
+        if "training" in metadata:
+            trainer.restore(tensors, metadata)
+        return trainer
+
+    # --- the step: compute only, no I/O ----------------------------------------------------------
+
+    def train_step(self, data: TokenDataset, lr: float) -> tuple[float, float]:
+        """One optimizer step over grad_accum micro-batches -> (mean loss, grad norm before clipping).
+
+        A non-finite loss or gradient leaves the weights untouched (the update is skipped), so the
+        caller can stop with the last good weights still in memory and on disk.
+        """
+        total_loss = torch.zeros((), device=self.device)
+        for _ in range(self.config.grad_accum):
+            x, y = self.to_device(*data.random_batch(self.config.batch_size, self.batch_generator))
+            with autocast(self.device, self.dtype):
+                loss = self.loss_fn(x, y) / self.config.grad_accum
+            self.scaler.scale(loss).backward()
+            total_loss += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        loss_value, norm_value = torch.stack([total_loss.float(), grad_norm.float()]).tolist()  # one device sync
+        # With fp16 the scaler handles overflowing gradients itself (skips the step, lowers the scale).
+        if not math.isfinite(loss_value) or (not self.scaler.is_enabled() and not math.isfinite(norm_value)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss_value, norm_value
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, norm_value
+
+    def to_device(self, x: torch.Tensor, y: torch.Tensor):
+        if self.device.type == "cuda":  # pinned memory lets the copy overlap with the GPU's work
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+    @torch.no_grad()
+    def evaluate(self, data: TokenDataset) -> tuple[float, float]:
+        """Mean val loss (nats/token) and bits per byte over the fixed val windows."""
+        self.model.eval()
+        total_nats, total_tokens, total_bytes = 0.0, 0, 0
+        for x, y in data.eval_batches(self.config.batch_size, self.config.eval_tokens):
+            with autocast(self.device, self.dtype):
+                loss = self.model.loss(*self.to_device(x, y))
+            total_nats += loss.item() * y.numel()  # mean -> sum: every target counts (no ignored ones)
+            total_tokens += y.numel()
+            total_bytes += int(self.byte_lengths[y].sum())
+        self.model.train()
+        return total_nats / total_tokens, bits_per_byte(total_nats, total_bytes)
+
+    @torch.no_grad()
+    def sample(self, data: TokenDataset, num_tokens: int) -> str:
+        """Continue the start of the val text, with a fixed seed so samples are comparable over time."""
+        prompt = torch.from_numpy(data.val[:8].astype(np.int64))[None].to(self.device)
+        generator = torch.Generator(self.device).manual_seed(self.config.seed)
+        with autocast(self.device, self.dtype):
+            ids = self.model.generate(prompt, num_tokens, temperature=0.8, top_k=40, generator=generator)
+        return self.bpe.decode(ids[0].tolist())
+
+    # --- the loop: schedule, stopping, evaluation, checkpoints, logs --------------------------
+
+    def train(self, filepath, num_epochs: float = 1, save_path="gpt2_model.pt", max_steps: int | None = None,
+              max_time: float | None = None) -> TrainResult:
+        """Train on a text file for num_epochs (or max_steps steps, or max_time seconds, whichever ends
+        first), evaluating every eval_interval steps and at the end, checkpointing to save_path.
+
+        Ctrl-C / SIGTERM finish the current step, save and return with stop_reason "interrupted".
+        A NaN/inf loss raises UserError; the last checkpoint on disk is left as it was.
+        """
+        data = self.load_data(filepath)
+        self.plan_run(data, num_epochs, max_steps, max_time)
+        state, config = self.state, self.config
+        tokens_per_step = config.batch_size * config.grad_accum * config.context_length
+        stop_reason, record = None, None
+        self.model.train()
+        with GracefulStop() as signals, MetricsLog(config.log_file if self.is_main_process else None) as log, \
+                self.progress_bar() as bar:
+            while stop_reason is None:
+                lr = self.learning_rate()
+                start = time.perf_counter()
+                loss, grad_norm = self.train_step(data, lr)
+                seconds = time.perf_counter() - start
+                if not math.isfinite(loss):
+                    raise self.diverged(loss, lr)
+                state.step += 1
+                state.tokens_seen += tokens_per_step
+                state.elapsed += seconds
+                record = dict(step=state.step, loss=loss, lr=lr, tokens_per_s=tokens_per_step / seconds,
+                              elapsed=round(state.elapsed, 3), tokens=state.tokens_seen, grad_norm=grad_norm)
+                if state.run_finished():
+                    stop_reason = "finished" if state.step >= state.run_total_steps else "max_time"
+                elif signals.signal_number is not None:
+                    stop_reason = "interrupted"
+                if stop_reason == "interrupted":
+                    self.save_checkpoint(save_path)  # no eval: the user is waiting
+                elif stop_reason or state.step % config.eval_interval == 0:
+                    record.update(self.evaluate_and_save(data, save_path))
+                log.write(record)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{record['tokens_per_s']:,.0f}")
+                bar.update(round(seconds, 3) if state.run_max_time else 1)
+        return TrainResult(stop_reason, state.step, state.last_val_loss, state.last_val_bpb,
+                           str(save_path) if self.last_saved_step is not None else None, signals.signal_number)
+
+    def load_data(self, filepath) -> TokenDataset:
+        tokens = load_tokens(filepath, self.bpe, log=self.say)
+        return TokenDataset(tokens, self.config.context_length, self.config.val_fraction)
+
+    def plan_run(self, data: TokenDataset, num_epochs, max_steps, max_time) -> None:
+        """Continue the checkpoint's unfinished run as planned, or plan a new one from the current step.
+
+        One epoch = len(train tokens) / tokens per step; max_steps replaces the epoch count.
+        """
+        state, config = self.state, self.config
+        tokens_per_step = config.batch_size * config.grad_accum * config.context_length
+        steps_per_epoch = max(1, len(data.train) // tokens_per_step)
+        if state.step > 0 and not state.run_finished():
+            self.say(f"Resuming the interrupted run at step {state.step} of {state.run_total_steps}"
+                     + (f" ({state.run_elapsed:.0f}s of {state.run_max_time:.0f}s)" if state.run_max_time else ""))
+        else:
+            if max_steps is not None and max_steps < 1:
+                raise UserError(f"--max-steps must be at least 1, got {max_steps}")
+            if max_time is not None and max_time <= 0:
+                raise UserError(f"--max-time must be positive, got {max_time}")
+            if max_steps is None and not num_epochs > 0:
+                raise UserError(f"--epochs must be positive, got {num_epochs}")
+            steps = max_steps if max_steps is not None else max(1, round(num_epochs * steps_per_epoch))
+            warmup = config.warmup_steps if config.warmup_steps is not None else min(100, steps // 20)
+            state.run_start_step, state.run_total_steps = state.step, state.step + steps
+            state.run_warmup_steps = min(warmup, steps)
+            state.run_max_time, state.run_start_elapsed = max_time, state.elapsed
+            if state.step > 0:
+                self.say(f"The checkpoint's run is complete; starting a new run of {steps} steps "
+                         "with a fresh warmup and cosine schedule")
+        n = self.model.num_parameters()
+        self.say(
+            f"Training a {n / 1e6:.2f}M-parameter model on {self.device.type} ({dtype_name(self.dtype)}): "
+            f"{len(data.train):,} train / {len(data.val):,} val tokens; one epoch = {steps_per_epoch:,} steps "
+            f"of {config.batch_size}x{config.grad_accum}x{config.context_length} tokens; "
+            f"planned steps {state.run_start_step}..{state.run_total_steps}"
+            + (f", at most {state.run_max_time:g}s" if state.run_max_time else "")
+        )
+
+    def learning_rate(self) -> float:
+        state = self.state
+        time_fraction = state.run_elapsed / state.run_max_time if state.run_max_time else 0.0
+        return learning_rate_at(state.step - state.run_start_step, self.config.learning_rate, state.run_warmup_steps,
+                                state.run_total_steps - state.run_start_step, self.config.min_lr_ratio, time_fraction)
+
+    def evaluate_and_save(self, data: TokenDataset, save_path) -> dict:
+        state = self.state
+        if not len(data.val):
+            self.save_checkpoint(save_path)
+            return {}
+        val_loss, val_bpb = self.evaluate(data)
+        state.last_val_loss, state.last_val_bpb = val_loss, val_bpb
+        if state.best_val_loss is None or val_loss < state.best_val_loss:
+            state.best_val_loss, state.best_val_bpb = val_loss, val_bpb
+        self.say(f"step {state.step}: val loss {val_loss:.4f}, val bits/byte {val_bpb:.4f}")
+        if self.config.sample_tokens:
+            self.say(f"  sample: {self.sample(data, self.config.sample_tokens)!r}")
+        self.save_checkpoint(save_path)
+        return {"val_loss": val_loss, "val_bpb": val_bpb}
+
+    def diverged(self, loss: float, lr: float) -> UserError:
+        kept = (f"the last good checkpoint (step {self.last_saved_step}) was kept"
+                if self.last_saved_step is not None else "no checkpoint was written")
+        return UserError(
+            f"training diverged: the loss became {loss} at step {self.state.step + 1} (lr {lr:.2e}); {kept}. "
+            "Try a lower --lr, a longer --warmup, or --dtype fp32"
+        )
+
+    def progress_bar(self):
+        state = self.state
+        if state.run_max_time:  # time-boxed: the bar (and its ETA) counts seconds
+            total, initial, unit = state.run_max_time, round(state.run_elapsed, 3), "s"
+        else:
+            total, initial, unit = state.run_total_steps, state.step, "step"
+        return tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, leave=False,
+                    disable=not (self.config.progress and self.is_main_process))
+
+    def say(self, message: str) -> None:
+        if self.is_main_process:
+            tqdm.write(message, file=sys.stdout)
+
+    # --- checkpoints and reproducibility ---------------------------------------------------------
+
+    def seed_everything(self, seed: int) -> None:
+        torch.manual_seed(seed)  # dropout (and CUDA's generators)
+        np.random.seed(seed)
+        random.seed(seed)
+        self.batch_generator = torch.Generator().manual_seed(seed)  # which windows each step trains on
+
+    def save_checkpoint(self, path) -> None:
+        """Weights, config, optimizer, schedule position, RNG states and vocab hash, written atomically.
+
+        Refuses non-finite weights, so a diverged run can never replace a good checkpoint.
+        """
+        if not self.is_main_process:
+            return
+        if not all(p.isfinite().all() for p in self.model.parameters()):
+            raise UserError(f"refusing to save non-finite weights to {path}; the previous checkpoint was kept")
+        optimizer_tensors, optimizer_meta = optimizer_state_tensors(self.optimizer, self.model)
+        rng_tensors, rng_meta = rng_states(self.batch_generator)
+        tensors = {**checkpoint.model_tensors(self.model), **optimizer_tensors, **rng_tensors}
+        metadata = {
+            "config": self.model.config.to_dict(),
+            "vocab": {"fingerprint": vocab_fingerprint(self.bpe), "size": self.bpe.vocab_size},
+            "training": asdict(self.state),
+            "train_args": self.config.run_settings(),
+            "optimizer": optimizer_meta,
+            "rng": rng_meta,
+        }
+        if self.scaler.is_enabled():
+            metadata["grad_scaler"] = self.scaler.state_dict()
+        checkpoint.save_checkpoint(path, tensors, metadata)
+        self.last_saved_step = self.state.step
+
+    def restore(self, tensors: dict, metadata: dict) -> None:
+        """Load the optimizer, schedule position and RNG states saved by save_checkpoint."""
+        optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer/")}
+        load_optimizer_state(self.optimizer, self.model, optimizer_tensors, metadata["optimizer"])
+        known = {f.name for f in fields(TrainingState)}
+        self.state = TrainingState(**{k: v for k, v in metadata["training"].items() if k in known})
+        restore_rng_states(self.batch_generator, tensors, metadata["rng"])
+        if self.scaler.is_enabled() and "grad_scaler" in metadata:
+            self.scaler.load_state_dict(metadata["grad_scaler"])
+        self.last_saved_step = self.state.step
+
+
+def load_vocab(vocab_path):
+    from bpe import BPE
+
+    bpe = BPE(str(vocab_path))
+    if not bpe.load():
+        raise UserError(f"vocab file {vocab_path} not found; create one with: python main.py tokenize <file>")
+    return bpe
+
+
+def check_vocab_matches(bpe, metadata: dict, config: GPT2Config, path) -> None:
+    """Refuse a checkpoint trained with another vocabulary: the same ids would mean other text."""
+    saved = metadata.get("vocab")
+    if saved and saved.get("fingerprint") != vocab_fingerprint(bpe):
+        raise UserError(
+            f"checkpoint {path} was trained with a different vocabulary ({saved.get('size')} tokens, hash "
+            f"{str(saved.get('fingerprint'))[:12]}) than {bpe.vocab_path} ({bpe.vocab_size} tokens, hash "
+            f"{vocab_fingerprint(bpe)[:12]}): the same token ids would mean different text. Pass the vocab "
+            "file this checkpoint was trained with, or leave out the checkpoint to train a new model"
+        )
+    if bpe.vocab_size > config.vocab_size:
+        raise UserError(
+            f"{bpe.vocab_path} has {bpe.vocab_size} tokens but the model in {path} has only {config.vocab_size} "
+            "embedding rows; use the vocab file it was trained with"
+        )
+
+
+def rng_states(batch_generator: torch.Generator) -> tuple[dict, dict]:
+    """Every random number generator training draws from: tensors (torch) + JSON (numpy, python)."""
+    tensors = {"rng/torch_cpu": torch.get_rng_state(), "rng/batch": batch_generator.get_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = state
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, python_state, gauss_next = random.getstate()
+    meta = {
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached_gaussian],
+        "python": [version, list(python_state), gauss_next],
+    }
+    return tensors, meta
+
+
+def restore_rng_states(batch_generator: torch.Generator, tensors: dict, meta: dict) -> None:
+    torch.set_rng_state(tensors["rng/torch_cpu"])
+    batch_generator.set_state(tensors["rng/batch"])
+    cuda_states = [tensors[f"rng/cuda/{i}"] for i in range(torch.cuda.device_count()) if f"rng/cuda/{i}" in tensors]
+    if torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    name, keys, pos, has_gauss, cached_gaussian = meta["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached_gaussian))
+    version, python_state, gauss_next = meta["python"]
+    random.setstate((version, tuple(python_state), gauss_next))
+
+
+class GracefulStop:
+    """Turn the first SIGINT/SIGTERM into a request to stop after the current step; a second one aborts."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.signal_number = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+        return self
+
+    def handle(self, signal_number, frame):
+        if self.signal_number is not None:
+            raise KeyboardInterrupt  # asked twice: stop now (an atomic save in flight leaves the old file)
+        self.signal_number = signal_number
+        print("\nStopping after this step and saving (press Ctrl-C again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)

