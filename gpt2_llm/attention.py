@@ -111,17 +111,16 @@ class QKVAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(start, k, v)  # -> (B, nh, start + T, hs)
 
-        # Three cases: a fresh sequence is plain causal; one new token may see every cached one;
-        # several new tokens after a cached prefix need an explicit offset mask, because SDPA's
-        # is_causal aligns the triangle to the top-left corner, not to position `start`.
-        is_causal = start == 0 and T > 1
-        mask = causal_mask(T, start, x.device) if start > 0 and T > 1 else None
         dropout_p = self.dropout if self.training else 0.0
         if self.use_math:
-            if is_causal:
-                mask = causal_mask(T, 0, x.device)
+            mask = causal_mask(T, start, x.device) if T > 1 else None  # one new token sees all
             y = attention_math(q, k, v, mask, dropout_p)
         else:
+            # A fresh sequence is plain causal; one new token may see every cached one; several
+            # new tokens after a cached prefix need the offset mask, because SDPA's is_causal
+            # aligns its triangle to the top-left corner, not to position `start`.
+            is_causal = start == 0 and T > 1
+            mask = causal_mask(T, start, x.device) if start > 0 and T > 1 else None
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))

@@ -74,7 +74,8 @@ class GPT2Decoder(nn.Module):
         feedforward_dim = feedforward_dim or 4 * embedding_dim
         self.blocks = nn.ModuleList(
             DecoderBlock(
-                embedding_dim, num_heads, feedforward_dim, dropout, use_rope, max_seq_len, layer_norm_eps, bias, rope_base
+                embedding_dim, num_heads, feedforward_dim, dropout, use_rope, max_seq_len, layer_norm_eps, bias,
+                rope_base,
             )
             for _ in range(num_layers)
         )

@@ -136,10 +136,12 @@ class GPT2(nn.Module):
         return self.lm_head(self.hidden_states(idx, cache))  # (B, T, C) -> (B, T, V)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy. targets (B, T) are already shifted (targets[:, t] = idx[:, t+1]);
-        positions with -100 are ignored.
+        """Mean next-token cross-entropy; targets (B, T) are already shifted (targets[:, t] = idx[:, t+1])
+        and positions holding -100 are ignored.
 
-        One fused cross_entropy over the flattened logits: no shift, no .contiguous(), no upcast copy.
+        One fused cross_entropy over the flattened logits (a view): no shift, no .contiguous().
+        Under bf16 autocast the logits stay bf16 and autocast runs cross_entropy in fp32; a bf16
+        softmax was no faster in a whole training step and would round the loss itself to bf16.
         """
         logits = self(idx)
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)

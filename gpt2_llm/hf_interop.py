@@ -9,6 +9,7 @@ conversion against `transformers` itself. Differences from our layout:
 """
 import json
 import os
+import pickle
 import re
 import tempfile
 
@@ -105,7 +106,7 @@ def _read_weights(directory) -> dict[str, torch.Tensor]:
         try:
             # weights_only: tensors and plain containers only, so the pickle cannot run code.
             state = torch.load(bin_path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises several types for a bad or unsafe pickle
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
             raise UserError(f"cannot read {bin_path} as plain weights ({type(error).__name__}); re-save it") from None
         if not isinstance(state, dict):
             raise UserError(f"{bin_path} holds a {type(state).__name__}, not a state dict of tensors")

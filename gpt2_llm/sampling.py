@@ -56,4 +56,7 @@ def sample_next_token(
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
     probs = logits.softmax(dim=-1)
+    if generator is not None and generator.device != probs.device:
+        # A CPU generator (reproducible on every machine) may drive sampling of GPU logits.
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(-1).to(probs.device)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

@@ -85,6 +85,23 @@ def test_pytorch_model_bin_is_read_with_weights_only(tmp_path, layout):
     torch.testing.assert_close(ours(x), hf_logits(hf, x), atol=1e-4, rtol=1e-4)
 
 
+class _Marker:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pytorch_model_bin_that_would_run_code_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(SMALL_HF))
+    marker = tmp_path / "pwned"
+    torch.save({"transformer.wte.weight": torch.zeros(2), "x": _Marker(str(marker))}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(UserError, match="cannot read .* as plain weights"):
+        GPT2.from_pretrained(tmp_path)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("overrides", [{}, {"bias": False}, {"feedforward_dim": 96}])
 def test_save_pretrained_loads_in_transformers(tmp_path, overrides):
     torch.manual_seed(0)
