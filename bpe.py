@@ -73,7 +73,7 @@ codecs.register_error("bpe-replace", _keep_surrogates_else_replace)
 def read_text_file(path):
     """Read a whole UTF-8 text file exactly (no newline translation), or raise UserError saying what is wrong.
 
-    read_text_file("data/shakespeare.txt")[:9] -> "THE SONNE"
+    read_text_file("windows.txt") -> "a\\r\\nb"  (newlines kept as they are in the file)
     """
     if not os.path.exists(path):
         raise UserError(f"{path}: no such file")
@@ -155,6 +155,7 @@ def _escape_byte(b):
 _ESCAPES = [_escape_byte(b) for b in range(256)]
 _UNESCAPES = {e: b for b, e in enumerate(_ESCAPES)}
 _ESCAPE_PIECE = re.compile(r"\\x..|\\.|.", re.DOTALL)
+_TOKEN_LINE = re.compile(r"([0-9]+) (\S+)(?: ([0-9]+) ([0-9]+))?")  # id, escaped bytes, [left right]
 
 
 def _unescape(field):
@@ -419,7 +420,8 @@ class BPE:
         specials = self._allowed_specials(allowed_special)
         if num_workers == 1 or len(text) < _MIN_PARALLEL_CHARS:
             return np.array(self.encode(text, specials), dtype=dtype)
-        pieces = split_for_workers(text, 4 * num_workers, specials)
+        # Several pieces per worker balance the load; at most ~4 MB each bounds a worker's memory on big files.
+        pieces = split_for_workers(text, max(4 * num_workers, len(text) >> 22), specials)
         show = progress and sys.stderr.isatty()
         # With the fork start method (Linux) the workers inherit this object, warm cache included, without pickling.
         with multiprocessing.Pool(num_workers, initializer=_init_worker, initargs=(self, specials, dtype)) as pool:
@@ -543,43 +545,43 @@ def _parse_vocab(text, path):
     if header.get("#pattern") != GPT2_PATTERN:
         fail(2, f"expected '#pattern {GPT2_PATTERN}' (the only pre-split pattern supported)")
     num_tokens = header.get("#tokens", "")
-    if not num_tokens.isdigit() or int(num_tokens) < 256:
+    if not re.fullmatch("[0-9]+", num_tokens) or int(num_tokens) < 256:
         fail(3, "expected '#tokens N' with N >= 256")
     num_tokens = int(num_tokens)
     if header.get("#special") != f"{EOT} {num_tokens}":
         fail(4, f"expected '#special {EOT} {num_tokens}' (the special token right after the last regular token)")
 
-    token_bytes, byte_values, merges = [], [], []
+    token_bytes, byte_values, merges = [], [], {}
     token_lines = [(lineno, line) for lineno, line in enumerate(lines[4:], start=5) if not line.startswith("#")]
     for lineno, line in token_lines:
-        fields = line.split(" ")
         token_id = len(token_bytes)
-        if not fields[0].isdigit() or int(fields[0]) != token_id:
+        match = _TOKEN_LINE.fullmatch(line)
+        if not match:
+            fail(lineno, "expected 'id bytes' or, for a merged token, 'id bytes left_id right_id' (truncated?)")
+        if int(match[1]) != token_id:
             fail(lineno, f"expected token id {token_id} here (ids must run 0, 1, 2, ... with no gaps or duplicates)")
-        if len(fields) != (2 if token_id < 256 else 4):
-            fail(lineno, "expected 'id bytes' for ids below 256 and 'id bytes left_id right_id' after (truncated?)")
-        data = _unescape(fields[1])
+        data = _unescape(match[2])
         if data is None:
-            fail(lineno, f"bad escape in {fields[1]!r}")
+            fail(lineno, f"bad escape in {match[2]!r}")
         if token_id < 256:
-            if len(data) != 1 or data[0] in byte_values:
-                fail(lineno, "ids 0..255 must each be a single byte, every byte exactly once")
-            byte_values.extend(data)
+            if match[3] is not None or len(data) != 1 or data[0] in byte_values:
+                fail(lineno, "ids 0..255 must each be a single byte, every byte exactly once, with no parents")
+            byte_values.append(data[0])
         else:
-            if not (fields[2].isdigit() and fields[3].isdigit()):
-                fail(lineno, "merged token parents must be ids")
-            left, right = int(fields[2]), int(fields[3])
-            if left >= token_id or right >= token_id:
+            if match[3] is None:
+                fail(lineno, f"merged token {token_id} lacks its two parent ids (truncated?)")
+            pair = int(match[3]), int(match[4])
+            if max(pair) >= token_id:
                 fail(lineno, f"a merged token's parents must have smaller ids than {token_id}")
-            if token_bytes[left] + token_bytes[right] != data:
-                fail(lineno, f"bytes {fields[1]!r} are not the bytes of tokens {left} and {right} joined")
-            merges.append((left, right))
+            if token_bytes[pair[0]] + token_bytes[pair[1]] != data:
+                fail(lineno, f"bytes {match[2]!r} are not the bytes of tokens {pair[0]} and {pair[1]} joined")
+            if pair in merges:
+                fail(lineno, f"the pair {pair} was already merged into token {merges[pair]}")
+            merges[pair] = token_id
         token_bytes.append(data)
     if len(token_bytes) != num_tokens:
         fail(len(lines), f"file ends after {len(token_bytes)} of {num_tokens} tokens (truncated?)")
-    if len(set(merges)) != len(merges):
-        fail(len(lines), "the same pair is merged twice")
-    return byte_values, merges
+    return byte_values, list(merges)
 
 
 def usable_cores():

@@ -399,6 +399,8 @@ def _corruptions():
         "bytes mismatch": lambda lines: lines[:261] + ["256 zz " + " ".join(lines[261].split()[2:])] + lines[262:],
         "merged twice": lambda lines: lines[:262] + ["257 " + " ".join(lines[261].split()[1:])] + lines[263:],
         "missing parents": lambda lines: lines[:261] + [" ".join(lines[261].split()[:2])] + lines[262:],
+        "parents on a byte": lambda lines: lines[:10] + [lines[10] + " 1 2"] + lines[11:],
+        "non-ASCII digit id": lambda lines: lines[:7] + ["²" + lines[7][1:]] + lines[8:],
         "truncated at line": lambda lines: lines[:-2] + [""],
         "truncated mid line": lambda lines: lines[:-2] + [lines[-2].rsplit(" ", 1)[0]],
     }
@@ -415,6 +417,15 @@ def test_corrupt_vocab_files_raise(small_trained, tmp_path, name):
     path.write_text("\n".join(corrupted), encoding="utf-8")
     with pytest.raises(UserError, match=f"^{regex.escape(str(path))}:[0-9]+: "):
         BPE(str(path)).load()
+
+
+def test_vocab_with_windows_line_endings_loads(small_trained, tmp_path):
+    path = tmp_path / "vocab.txt"
+    small_trained.vocab_path = str(path)
+    small_trained.save()
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    loaded = BPE(str(path))
+    assert loaded.load() and loaded.fingerprint() == small_trained.fingerprint()
 
 
 def test_unloadable_vocab_files_raise(tmp_path):

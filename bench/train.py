@@ -145,7 +145,8 @@ def main():
         ours_tps = tokens_per_step / statistics.median(ours_times)
         hf_tps = tokens_per_step / statistics.median(hf_times)
         fpt = flops_per_token(trainer.model)
-        rows.append((dtype_name, ours_tps, hf_tps, ours_tps * fpt / peak, hf_tps * fpt / peak, peak, ours_loss, hf_loss))
+        mfu_ours, mfu_hf = ours_tps * fpt / peak, hf_tps * fpt / peak
+        rows.append((dtype_name, ours_tps, hf_tps, mfu_ours, mfu_hf, peak, ours_loss, hf_loss))
         del trainer, hf, hf_forward, hf_optimizer
 
     print(f"{'dtype':<6} {'ours tok/s':>11} {'HF tok/s':>10} {'ours/HF':>8} {'MFU ours':>9} {'MFU HF':>7} "

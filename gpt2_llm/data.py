@@ -69,9 +69,10 @@ def load_tokens(text_path, bpe, log=print) -> np.ndarray:
             log(f"Token cache {path} is unreadable ({e}); re-tokenizing")
     log(f"Tokenizing {text_path} on all cores (once; cached in {path})")
     start = time.perf_counter()
-    tokens = np.asarray(bpe.encode_file(str(text_path)), dtype=token_dtype(bpe.vocab_size))
+    tokens = np.asarray(bpe.encode_file(str(text_path), progress=True), dtype=token_dtype(bpe.vocab_size))
     save_array_atomic(path, tokens)
-    log(f"Tokenized {text_path.stat().st_size:,} bytes into {len(tokens):,} tokens in {time.perf_counter() - start:.1f}s")
+    seconds = time.perf_counter() - start
+    log(f"Tokenized {text_path.stat().st_size:,} bytes into {len(tokens):,} tokens in {seconds:.1f}s")
     return np.load(path, mmap_mode="r")
 
 
@@ -97,9 +98,9 @@ def token_byte_lengths(bpe, size: int) -> np.ndarray:
     For bits per byte: the val text a window's targets decode to is sum(lengths[targets]) bytes.
     """
     lengths = np.zeros(size, dtype=np.int64)
-    for token_id, piece in enumerate(bpe._token_bytes[:size]):  # TODO: a public BPE accessor
-        lengths[token_id] = len(piece)
-    lengths[bpe.eot_id] = 0  # <|endoftext|> is a marker between documents, not text of the file
+    for token_id, piece in bpe.token_bytes().items():  # <|endoftext|> is not among them: it stands for no text
+        if token_id < size:
+            lengths[token_id] = len(piece)
     return lengths
 
 

@@ -4,6 +4,8 @@
     dtype:  bf16 autocast where the hardware has it (recent GPUs, CPUs with AVX512-BF16/AMX),
             else fp16 + loss scaling on CUDA, else fp32.
 """
+import ctypes
+import sys
 from contextlib import nullcontext
 
 import torch
@@ -71,3 +73,32 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def explicit_attention_is_faster(device: torch.device, dtype: torch.dtype, context_length: int) -> bool:
+    """Whether attention_math (matmul, softmax, matmul) beats the fused SDPA kernel here.
+
+    On CPU in bf16 it does for contexts up to ~512 (forward + backward on one Zen4 core: 2.4x at
+    T=128, 1.4x at 256, 1.6x at 512, but 0.8x at 1024, where the T x T scores also cost memory);
+    in fp32 and on GPUs the fused kernel wins.
+    """
+    return device.type == "cpu" and dtype == torch.bfloat16 and context_length <= 512
+
+
+def keep_freed_memory_on_cpu() -> None:
+    """Stop glibc from handing each step's freed activations back to the OS (Linux only).
+
+    By default glibc unmaps big freed blocks and trims the heap, so every training step page-faults
+    its activations in again, zero-filled by the kernel: for a small model that is a fifth of the
+    step. Keeping up to 1 GB of freed memory for reuse made the quick preset ~1.2x faster on CPU.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)  # blocks up to 32 MB (glibc's maximum) come from the heap
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)  # and freed ones stay there, up to 1 GB
+    mallopt(M_TOP_PAD, 256 << 20)  # grow the heap in big steps, not page by page

@@ -18,7 +18,7 @@ from gpt2_llm.decoder import GPT2Decoder
 from gpt2_llm.errors import UserError
 from gpt2_llm.kv_cache import KVCache
 from gpt2_llm.lookup_nn import TokenEmbedding
-from gpt2_llm.sampling import sample_next_token
+from gpt2_llm.generation import generate_tokens
 
 
 class GPT2(nn.Module):
@@ -156,43 +156,30 @@ class GPT2(nn.Module):
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         eos_token_id: int | None = None,
+        repetition_penalty: float = 1.0,
+        vocab_size: int | None = None,
     ) -> torch.Tensor:
         """Continue prompts (B, T) by up to max_new_tokens -> (B, T + new). temperature 0 is greedy.
 
         The prompt is run once (prefill) into a KV cache, then each new token costs one position.
         Past the context length the cache is rebuilt from the last max_seq_len - 1 tokens (a
-        sliding window), since absolute positions cannot be shifted inside it. Rows that produced
-        eos_token_id keep emitting it; generation stops when every row has.
+        sliding window). Rows that produced eos_token_id keep emitting it; generation stops when
+        every row has. vocab_size keeps choices below it (a tokenizer smaller than the padded
+        embedding). The loop itself, token by token, is generation.generate_tokens.
         """
-        if input_ids.dim() != 2 or input_ids.size(1) == 0:
-            raise UserError(f"generate needs prompt ids of shape (batch, length >= 1), got {tuple(input_ids.shape)}")
-        was_training = self.training
-        self.eval()  # no dropout while sampling
-        try:
-            window = self.config.max_seq_len
-            cache = self.new_cache()
-            ids = input_ids
-            logits = self._last_logits(ids[:, -window:], cache)
-            finished = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
-            for step in range(max_new_tokens):
-                next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B,)
-                if eos_token_id is not None:
-                    next_id = next_id.masked_fill(finished, eos_token_id)
-                    finished |= next_id == eos_token_id
-                ids = torch.cat((ids, next_id[:, None]), dim=1)
-                if step == max_new_tokens - 1 or bool(finished.all()):
-                    break
-                if cache.length == window:
-                    cache.reset()
-                    logits = self._last_logits(ids[:, -max(window - 1, 1) :], cache)
-                else:
-                    logits = self._last_logits(next_id[:, None], cache)
-            return ids
-        finally:
-            self.train(was_training)
+        steps = list(
+            generate_tokens(
+                self, input_ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, generator,
+                eos_token_id, vocab_size,
+            )
+        )
+        if not steps:
+            return input_ids.clone()
+        return torch.cat((input_ids, torch.stack(steps, dim=1)), dim=1)  # one cat at the end, not one per step
 
-    def _last_logits(self, idx, cache):
-        """Logits of the last position only (B, V): the head's V x C matmul runs once, not T times."""
+    def next_token_logits(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Continue the cache with idx (B, T) -> logits of the last position only (B, V): the head's
+        V x C matmul, the largest in the model, runs once instead of T times."""
         return self.lm_head(self.hidden_states(idx, cache)[:, -1])
 
     # --- doors to the I/O edge -------------------------------------------------------------

@@ -36,6 +36,17 @@ class LayerKVCache:
         self.values[:, :, start : start + T] = v
         return self.keys[:, :, : start + T], self.values[:, :, : start + T]
 
+    def select_rows(self, rows: torch.Tensor, length: int) -> None:
+        """Reorder the batch to `rows` (repeats allowed), copying only the first `length` positions."""
+        if self.keys is None:
+            return
+        if rows.numel() != self.keys.size(0):  # the batch changes size (beam search's start): new buffers
+            self.keys, self.values = self.keys[rows], self.values[rows]
+            return
+        # The right-hand side is a gathered copy, so overlapping source and destination rows are safe.
+        self.keys[:, :, :length] = self.keys[rows, :, :length]
+        self.values[:, :, :length] = self.values[rows, :, :length]
+
 
 class KVCache:
     """One LayerKVCache per layer plus `length`, the number of positions already stored."""
@@ -48,6 +59,12 @@ class KVCache:
     def reset(self) -> None:
         """Forget the stored positions; the buffers are kept and overwritten by the next prefill."""
         self.length = 0
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep batch rows `rows`, in that order: beam search moves the surviving beams' keys and values
+        to their new slots. select_rows(tensor([0, 0, 0])) turns a cached prompt into 3 copies of it."""
+        for layer in self.layers:
+            layer.select_rows(rows, self.length)
 
     def check_room(self, num_new: int) -> None:
         if self.length + num_new > self.max_seq_len:

@@ -70,7 +70,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, ten
     names = _names_in_optimizer_order(optimizer, model)
     index_of = {name: i for i, name in enumerate(names)}
     saved_groups = hyper["param_groups"]
-    if [g["params"] for g in saved_groups] != [[names[i] for i in g["params"]] for g in optimizer.state_dict()["param_groups"]]:
+    groups_here = [[names[i] for i in g["params"]] for g in optimizer.state_dict()["param_groups"]]
+    if [g["params"] for g in saved_groups] != groups_here:
         raise UserError("the checkpoint's optimizer state does not match this model's parameters; "
                         "was it saved by a different model shape?")
     state = {}

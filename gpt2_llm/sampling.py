@@ -1,11 +1,45 @@
 """Pure functions from next-token logits (B, V) to token ids (B,).
 
-Each filter returns logits with the excluded tokens set to -inf, so they compose in any order
-(a repetition penalty or beam search can slot in beside them) and end in one softmax + draw.
+Each filter returns new logits (excluded tokens set to -inf, penalised ones lowered), so they
+compose and end in one softmax + draw. The order is Hugging Face's: repetition penalty on the raw
+logits, then temperature, top-k, top-p. GPT2.generate, the predict CLI, the trainer's samples and
+beam_search.py all choose tokens through these functions.
 """
 import torch
 
 from gpt2_llm.errors import UserError
+
+
+def check_sampling_settings(
+    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0
+) -> None:
+    """Raise UserError for a setting no sampler accepts, before any work is done with it."""
+    if not _is_number(temperature) or temperature < 0:
+        raise UserError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise UserError(f"top_k must be a positive integer, got {top_k!r}")
+    if top_p is not None and (not _is_number(top_p) or not 0.0 < top_p <= 1.0):
+        raise UserError(f"top_p must be in (0, 1], got {top_p!r}")
+    if not _is_number(repetition_penalty) or not repetition_penalty > 0:
+        raise UserError(f"repetition penalty must be a number > 0 (1 = off), got {repetition_penalty!r}")
+
+
+def _is_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value == value  # not NaN
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty, as HF's RepetitionPenaltyLogitsProcessor: every token in seen_ids
+    (B, L) has its logit divided by penalty if positive, multiplied by it if negative, so with
+    penalty > 1 it always becomes less likely, however often it was seen.
+
+    apply_repetition_penalty([[2., -1., 3.]], [[0, 1, 0]], 2.0) -> [[1., -2., 3.]]
+    """
+    check_sampling_settings(repetition_penalty=penalty)
+    if penalty == 1.0 or seen_ids.size(-1) == 0:
+        return logits
+    seen = logits.gather(-1, seen_ids)  # (B, L); a token seen twice is gathered twice, penalised once
+    return logits.scatter(-1, seen_ids, torch.where(seen < 0, seen * penalty, seen / penalty))
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -13,8 +47,7 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 
     top_k_filter([[1., 3., 2.]], 2) -> [[-inf, 3., 2.]]
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise UserError(f"top_k must be a positive integer, got {k!r}")
+    check_sampling_settings(top_k=k)
     if k >= logits.size(-1):
         return logits
     kth_largest = torch.topk(logits, k, dim=-1).values[..., -1:]  # (B, 1)
@@ -26,8 +59,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
     top_p_filter(log([[0.5, 0.3, 0.2]]), 0.7) keeps the first two: 0.5 < 0.7 <= 0.5 + 0.3.
     """
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
-        raise UserError(f"top_p must be in (0, 1], got {p!r}")
+    check_sampling_settings(top_p=p)
     if p >= 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
@@ -46,8 +78,7 @@ def sample_next_token(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Draw one token id per row from logits (B, V) -> (B,). temperature 0 means greedy argmax."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-        raise UserError(f"temperature must be a number >= 0, got {temperature!r}")
+    check_sampling_settings(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature

@@ -21,19 +21,22 @@ import torch
 from tqdm import tqdm
 
 from gpt2_llm import checkpoint
-from gpt2_llm.config import GPT2Config
+from gpt2_llm.attention import QKVAttention
 from gpt2_llm.data import TokenDataset, load_tokens, token_byte_lengths, vocab_fingerprint
-from gpt2_llm.device import autocast, dtype_name, pick_device, pick_dtype
+from gpt2_llm.device import (autocast, dtype_name, explicit_attention_is_faster, keep_freed_memory_on_cpu, pick_device,
+                             pick_dtype)
 from gpt2_llm.errors import UserError
 from gpt2_llm.gpt2 import GPT2
 from gpt2_llm.metrics import MetricsLog, bits_per_byte
 from gpt2_llm.optim import learning_rate_at, load_optimizer_state, make_adamw, optimizer_state_tensors
+from gpt2_llm.train_state import TrainingState, check_vocab_matches, restore_rng_states, rng_states
 
 # Training settings that go with each model shape in config.PRESETS (batch, lr, warmup, ...).
 TRAINING_PRESETS = {
     "tiny": dict(batch_size=8, learning_rate=1e-3, warmup_steps=20, eval_interval=100),
-    # Tuned for a 2-core CPU and `--max-time 100` on Shakespeare (see README: quick preset).
-    "quick": dict(batch_size=16, learning_rate=2e-3, warmup_steps=30, eval_interval=1000, eval_tokens=65536),
+    # Tuned for a 2-core CPU and `--max-time 100` on Shakespeare (see README: quick preset): small
+    # batches (more updates per second) and a high lr, which a 4x128 model takes well.
+    "quick": dict(batch_size=8, learning_rate=2e-3, warmup_steps=60, eval_interval=250, eval_tokens=65536),
     "small": dict(batch_size=4, learning_rate=3e-4, warmup_steps=100, eval_interval=250),
     "gpt2": dict(batch_size=16, learning_rate=6e-4, warmup_steps=200, eval_interval=500),
 }
@@ -83,32 +86,6 @@ class TrainingConfig:
 
 
 @dataclass
-class TrainingState:
-    """Where training stands; JSON in the checkpoint. A "run" is one planned schedule (warmup + cosine)."""
-
-    step: int = 0  # optimizer steps taken, over all runs
-    tokens_seen: int = 0
-    elapsed: float = 0.0  # seconds spent in training steps, over all runs (evals and saves excluded)
-    run_start_step: int = 0
-    run_total_steps: int = 0  # the step at which the current run's schedule ends
-    run_warmup_steps: int = 0
-    run_max_time: float | None = None  # the current run's time budget, in seconds of training steps
-    run_start_elapsed: float = 0.0
-    best_val_loss: float | None = None
-    best_val_bpb: float | None = None
-    last_val_loss: float | None = None
-    last_val_bpb: float | None = None
-
-    @property
-    def run_elapsed(self) -> float:
-        return self.elapsed - self.run_start_elapsed
-
-    def run_finished(self) -> bool:
-        out_of_time = self.run_max_time is not None and self.run_elapsed >= self.run_max_time
-        return self.step >= self.run_total_steps or out_of_time
-
-
-@dataclass
 class TrainResult:
     stop_reason: str  # "finished", "max_time" or "interrupted"
     steps: int
@@ -136,10 +113,16 @@ class Trainer:
         self.dtype = pick_dtype(config.dtype, self.device)
         config.dtype = dtype_name(self.dtype)  # a resumed run keeps the precision it started with
         self.is_main_process = True  # rank 0 under torchrun; the only process for now
+        if self.device.type == "cpu":
+            keep_freed_memory_on_cpu()
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores: ~8x, 10-bit mantissa
             torch.backends.cudnn.allow_tf32 = True
         self.model = model.to(self.device)
+        if explicit_attention_is_faster(self.device, self.dtype, config.context_length):
+            for module in model.modules():
+                if isinstance(module, QKVAttention):
+                    module.use_math = True  # same math, faster kernels here (see device.py)
         self.optimizer = make_adamw(model, learning_rate, config.weight_decay, config.betas, self.device.type)
         # fp16 has too few exponent bits for small gradients: scale the loss up, unscale before clipping.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
@@ -173,7 +156,8 @@ class Trainer:
         check_vocab_matches(bpe, metadata, config, path)  # before any id can index past the embedding
         model = GPT2.from_config(config)
         checkpoint.copy_model_tensors(model, tensors, metadata, path)
-        settings = {**metadata.get("train_args", {}), **options}
+        known = {f.name for f in fields(TrainingConfig)}
+        settings = {**{k: v for k, v in metadata.get("train_args", {}).items() if k in known}, **options}
         settings.setdefault("context_length", config.max_seq_len)
         settings.setdefault("batch_size", TRAINING_PRESETS["small"]["batch_size"])
         settings.setdefault("learning_rate", TRAINING_PRESETS["small"]["learning_rate"])
@@ -201,8 +185,7 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         loss_value, norm_value = torch.stack([total_loss.float(), grad_norm.float()]).tolist()  # one device sync
-        # With fp16 the scaler handles overflowing gradients itself (skips the step, lowers the scale).
-        if not math.isfinite(loss_value) or (not self.scaler.is_enabled() and not math.isfinite(norm_value)):
+        if not self.is_finite_step(loss_value, norm_value):
             self.optimizer.zero_grad(set_to_none=True)
             return loss_value, norm_value
         for group in self.optimizer.param_groups:
@@ -211,6 +194,10 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, norm_value
+
+    def is_finite_step(self, loss: float, grad_norm: float) -> bool:
+        # With fp16 the scaler handles overflowing gradients itself (skips the step, lowers the scale).
+        return math.isfinite(loss) and (self.scaler.is_enabled() or math.isfinite(grad_norm))
 
     def to_device(self, x: torch.Tensor, y: torch.Tensor):
         if self.device.type == "cuda":  # pinned memory lets the copy overlap with the GPU's work
@@ -254,7 +241,7 @@ class Trainer:
         self.plan_run(data, num_epochs, max_steps, max_time)
         state, config = self.state, self.config
         tokens_per_step = config.batch_size * config.grad_accum * config.context_length
-        stop_reason, record = None, None
+        stop_reason = None
         self.model.train()
         with GracefulStop() as signals, MetricsLog(config.log_file if self.is_main_process else None) as log, \
                 self.progress_bar() as bar:
@@ -263,8 +250,8 @@ class Trainer:
                 start = time.perf_counter()
                 loss, grad_norm = self.train_step(data, lr)
                 seconds = time.perf_counter() - start
-                if not math.isfinite(loss):
-                    raise self.diverged(loss, lr)
+                if not self.is_finite_step(loss, grad_norm):
+                    raise self.diverged(loss, grad_norm, lr)
                 state.step += 1
                 state.tokens_seen += tokens_per_step
                 state.elapsed += seconds
@@ -344,12 +331,13 @@ class Trainer:
         self.save_checkpoint(save_path)
         return {"val_loss": val_loss, "val_bpb": val_bpb}
 
-    def diverged(self, loss: float, lr: float) -> UserError:
+    def diverged(self, loss: float, grad_norm: float, lr: float) -> UserError:
+        what = f"the loss became {loss}" if not math.isfinite(loss) else f"the gradient norm became {grad_norm}"
         kept = (f"the last good checkpoint (step {self.last_saved_step}) was kept"
                 if self.last_saved_step is not None else "no checkpoint was written")
         return UserError(
-            f"training diverged: the loss became {loss} at step {self.state.step + 1} (lr {lr:.2e}); {kept}. "
-            "Try a lower --lr, a longer --warmup, or --dtype fp32"
+            f"training diverged: {what} at step {self.state.step + 1} (lr {lr:.2e}); the step was not applied and "
+            f"{kept}. Try a lower --lr, a longer --warmup, or --dtype fp32"
         )
 
     def progress_bar(self):
@@ -402,8 +390,7 @@ class Trainer:
         """Load the optimizer, schedule position and RNG states saved by save_checkpoint."""
         optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer/")}
         load_optimizer_state(self.optimizer, self.model, optimizer_tensors, metadata["optimizer"])
-        known = {f.name for f in fields(TrainingState)}
-        self.state = TrainingState(**{k: v for k, v in metadata["training"].items() if k in known})
+        self.state = TrainingState.from_dict(metadata["training"])
         restore_rng_states(self.batch_generator, tensors, metadata["rng"])
         if self.scaler.is_enabled() and "grad_scaler" in metadata:
             self.scaler.load_state_dict(metadata["grad_scaler"])
@@ -417,50 +404,6 @@ def load_vocab(vocab_path):
     if not bpe.load():
         raise UserError(f"vocab file {vocab_path} not found; create one with: python main.py tokenize <file>")
     return bpe
-
-
-def check_vocab_matches(bpe, metadata: dict, config: GPT2Config, path) -> None:
-    """Refuse a checkpoint trained with another vocabulary: the same ids would mean other text."""
-    saved = metadata.get("vocab")
-    if saved and saved.get("fingerprint") != vocab_fingerprint(bpe):
-        raise UserError(
-            f"checkpoint {path} was trained with a different vocabulary ({saved.get('size')} tokens, hash "
-            f"{str(saved.get('fingerprint'))[:12]}) than {bpe.vocab_path} ({bpe.vocab_size} tokens, hash "
-            f"{vocab_fingerprint(bpe)[:12]}): the same token ids would mean different text. Pass the vocab "
-            "file this checkpoint was trained with, or leave out the checkpoint to train a new model"
-        )
-    if bpe.vocab_size > config.vocab_size:
-        raise UserError(
-            f"{bpe.vocab_path} has {bpe.vocab_size} tokens but the model in {path} has only {config.vocab_size} "
-            "embedding rows; use the vocab file it was trained with"
-        )
-
-
-def rng_states(batch_generator: torch.Generator) -> tuple[dict, dict]:
-    """Every random number generator training draws from: tensors (torch) + JSON (numpy, python)."""
-    tensors = {"rng/torch_cpu": torch.get_rng_state(), "rng/batch": batch_generator.get_state()}
-    if torch.cuda.is_available():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng/cuda/{i}"] = state
-    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    version, python_state, gauss_next = random.getstate()
-    meta = {
-        "numpy": [name, keys.tolist(), pos, has_gauss, cached_gaussian],
-        "python": [version, list(python_state), gauss_next],
-    }
-    return tensors, meta
-
-
-def restore_rng_states(batch_generator: torch.Generator, tensors: dict, meta: dict) -> None:
-    torch.set_rng_state(tensors["rng/torch_cpu"])
-    batch_generator.set_state(tensors["rng/batch"])
-    cuda_states = [tensors[f"rng/cuda/{i}"] for i in range(torch.cuda.device_count()) if f"rng/cuda/{i}" in tensors]
-    if torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
-    name, keys, pos, has_gauss, cached_gaussian = meta["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached_gaussian))
-    version, python_state, gauss_next = meta["python"]
-    random.setstate((version, tuple(python_state), gauss_next))
 
 
 class GracefulStop:

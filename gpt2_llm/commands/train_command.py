@@ -58,10 +58,12 @@ def add_arguments(name, parser):
     shape.add_argument("--dropout", type=float, help="dropout rate (default 0)")
     shape.add_argument("--rope", action="store_true", default=None,
                        help="rotary position embeddings instead of a learned position table")
-    shape.add_argument("--vocab-size", type=int, help="size of a vocab created here (default: recommended for the file)")
+    shape.add_argument("--vocab-size", type=int,
+                       help="size of a vocab created here (default: recommended for the file)")
     length = parser.add_argument_group("how long")
     length.add_argument("--epochs", type=float, default=1.0,
-                        help="passes over the train tokens (default 1); one epoch = train tokens / (batch x context) steps")
+                        help="passes over the train tokens (default 1); "
+                             "one epoch = train tokens / (batch x context) steps")
     length.add_argument("--max-steps", type=int, help="optimizer steps to run, instead of --epochs")
     length.add_argument("--max-time", type=float, metavar="SECONDS",
                         help="stop after this many seconds of training steps, then evaluate and save; "
@@ -142,7 +144,8 @@ def check_architecture_flags(args, config):
     """A resumed model keeps its shape: refuse flags that ask for another one."""
     from gpt2_llm.config import PRESETS
 
-    wanted = {field: getattr(args, flag) for flag, field in ARCHITECTURE_FLAGS.items() if getattr(args, flag) is not None}
+    wanted = {field: getattr(args, flag) for flag, field in ARCHITECTURE_FLAGS.items()
+              if getattr(args, flag) is not None}
     if args.preset:
         wanted = {**PRESETS[args.preset], **wanted}
     conflicts = [f"{field} {value} (checkpoint has {getattr(config, field)})"

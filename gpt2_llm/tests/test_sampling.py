@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpt2_llm.errors import UserError
-from gpt2_llm.sampling import sample_next_token, top_k_filter, top_p_filter
+from gpt2_llm.sampling import apply_repetition_penalty, sample_next_token, top_k_filter, top_p_filter
 
 DRAWS = 4000
 
@@ -94,3 +94,35 @@ def test_seeded_generator_is_reproducible():
 def test_bad_settings_are_user_errors(kwargs, message):
     with pytest.raises(UserError, match=message):
         sample_next_token(torch.randn(1, 5), **kwargs)
+
+
+# --- repetition penalty ----------------------------------------------------------------------
+
+
+def test_repetition_penalty_example():
+    out = apply_repetition_penalty(torch.tensor([[2.0, -1.0, 3.0]]), torch.tensor([[0, 1, 0]]), 2.0)
+    assert out.tolist() == [[1.0, -2.0, 3.0]]  # 0 seen twice is penalised once; 2 unseen is untouched
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.2, 2.5, 0.8])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_repetition_penalty_matches_transformers(penalty, seed):
+    transformers = pytest.importorskip("transformers")
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 40, generator=generator) * 3
+    logits[0, 5] = 0.0  # zero: neither branch changes it
+    seen = torch.randint(0, 40, (3, 12), generator=generator)  # with repeats
+    expected = transformers.RepetitionPenaltyLogitsProcessor(penalty)(seen, logits.clone())
+    torch.testing.assert_close(apply_repetition_penalty(logits, seen, penalty), expected, rtol=0, atol=0)
+
+
+def test_repetition_penalty_leaves_its_input_alone():
+    logits = torch.tensor([[1.0, 2.0]])
+    apply_repetition_penalty(logits, torch.tensor([[1]]), 3.0)
+    assert logits.tolist() == [[1.0, 2.0]]
+
+
+@pytest.mark.parametrize("penalty", [0.0, -1.0, float("nan"), True, "2"])
+def test_bad_repetition_penalty_is_a_user_error(penalty):
+    with pytest.raises(UserError, match="repetition penalty"):
+        apply_repetition_penalty(torch.zeros(1, 3), torch.zeros(1, 1, dtype=torch.long), penalty)

@@ -27,6 +27,15 @@ MICRO = dict(embedding_dim=32, num_layers=2, num_heads=2, max_seq_len=32, batch_
 QUIET = dict(progress=False, sample_tokens=0)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Micro models gain nothing from threads, and on a busy machine OpenMP's spinning threads lose a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
@@ -155,7 +164,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(vocab, corpus, tmp_pa
         return loss * float("nan") if calls[0] >= 5 else loss
 
     trainer.loss_fn = nan_from_step_5
-    with pytest.raises(UserError, match=r"diverged.*nan at step 5.*last good checkpoint \(step 3\) was kept"):
+    kept = r"diverged: the loss became nan at step 5.*last good checkpoint \(step 3\) was kept"
+    with pytest.raises(UserError, match=kept):
         trainer.train(corpus, max_steps=10, save_path=path)
     saved = Trainer.from_checkpoint(path, trainer.bpe, **QUIET)
     assert saved.state.step == 3
@@ -165,6 +175,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(vocab, corpus, tmp_pa
     with pytest.raises(UserError, match="refusing to save non-finite weights"):
         trainer.save_checkpoint(path)
     assert Trainer.from_checkpoint(path, trainer.bpe, **QUIET).state.step == 3
+
+
+def test_fp16_scales_the_loss_and_resumes_the_scale(vocab, corpus, tmp_path):
+    trainer = micro_trainer(vocab, dtype="fp16", device="cpu")
+    assert trainer.scaler.is_enabled()
+    trainer.train(corpus, max_steps=3, save_path=tmp_path / "m.pt")
+    resumed = Trainer.from_checkpoint(tmp_path / "m.pt", trainer.bpe, device="cpu", **QUIET)
+    assert resumed.dtype == torch.float16 and resumed.scaler.state_dict() == trainer.scaler.state_dict()
 
 
 def test_checkpoint_with_another_vocab_is_refused(vocab, corpus, tmp_path):
@@ -241,7 +259,7 @@ def test_unknown_device_is_a_user_error(vocab):
 
 
 def main_py(*args, cwd, **kwargs):
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, MAIN, *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env=env, **kwargs)
 
@@ -269,19 +287,20 @@ def test_cli_train_resume_and_plot(corpus, tmp_path):
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cli_sigint_saves_a_resumable_checkpoint(corpus, vocab, tmp_path):
+@pytest.mark.parametrize("signal_number, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_cli_signal_saves_a_resumable_checkpoint(corpus, vocab, tmp_path, signal_number, exit_code):
     args = [MAIN, "train", corpus, vocab, "--preset", "tiny", "--layers", "2", "--dim", "32", "--heads", "2",
             "--context", "32", "--max-steps", "100000", "--log-file", "log.jsonl", "--save", "m.pt", "--no-progress"]
     proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     log = tmp_path / "log.jsonl"
     deadline = time.time() + 120
     while not (log.exists() and len(log.read_text().splitlines()) >= 2):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal_number)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == exit_code, err
     assert "Interrupted at step" in out and "Traceback" not in err
     bpe = BPE(str(vocab))
     bpe.load()

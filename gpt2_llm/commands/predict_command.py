@@ -1,0 +1,236 @@
+"""`predict <prompt> <num_tokens> [model] [vocab]`: continue a prompt, printing text as it is generated.
+
+    python main.py predict "ROMEO:" 200                         # gpt2_model.pt + vocab.txt
+    python main.py predict "Hello" 50 --pretrained gpt2/ --temperature 0 --quantize int8
+
+The prompt is echoed, then each token's text is printed as soon as it is complete (see
+text_stream.py). Generation ends after num_tokens, at <|endoftext|>, or at a --stop string (which
+is not printed). --beam N searches instead of sampling and prints the best beam at the end.
+Flag values are checked here, so that a bad one is a one-line error (exit 2), not a traceback.
+"""
+import math
+import os
+import sys
+
+from gpt2_llm.errors import UserError
+
+DEFAULT_MODEL = "gpt2_model.pt"
+DEFAULT_VOCAB = "vocab.txt"
+MAX_NEW_TOKENS = 100_000  # beyond this a typo is likelier than a wish (and it would run for hours)
+MAX_BEAMS = 64
+MAX_SAMPLES = 1000
+DTYPE_NAMES = ("fp32", "bf16")
+
+
+def add_arguments(name, parser):
+    parser.add_argument("prompt", help='text to continue ("" starts from <|endoftext|>)')
+    parser.add_argument("num_tokens", help="number of tokens to generate")
+    parser.add_argument("model", nargs="?", default=None, help=f"checkpoint file (default: {DEFAULT_MODEL})")
+    parser.add_argument("vocab", nargs="?", default=None,
+                        help=f"vocab file the model was trained with (default: {DEFAULT_VOCAB})")
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--temperature", default="0.8", help="softmax temperature; 0 = greedy (default 0.8)")
+    sampling.add_argument("--top-k", default="40", help="sample from the k most likely tokens; 0 or none = all (default 40)")
+    sampling.add_argument("--top-p", default=None, help="nucleus sampling: the smallest set of tokens with this much "
+                                                        "probability, in (0, 1] (default: off)")
+    sampling.add_argument("--repetition-penalty", default="1.0",
+                          help="CTRL-style penalty > 0 on already seen tokens, e.g. 1.2; 1 = off (default 1.0)")
+    sampling.add_argument("--beam", default=None, metavar="N",
+                          help="beam search with N beams instead of sampling (deterministic; prints the best "
+                               "beam at the end; sampling flags do not apply)")
+    sampling.add_argument("--num-samples", default="1", help="how many continuations to print (default 1)")
+    sampling.add_argument("--seed", default=None, help="random seed: the same seed gives the same text (on CPU)")
+    sampling.add_argument("--stop", action="append", default=[], metavar="STRING",
+                          help="end when the generated text contains STRING, which is not printed (repeatable)")
+    where = parser.add_argument_group("model, device and precision")
+    where.add_argument("--pretrained", metavar="DIR", default=None,
+                       help="a Hugging Face GPT-2 directory (config.json, model.safetensors or pytorch_model.bin, "
+                            "vocab.json, merges.txt) instead of a checkpoint and vocab")
+    where.add_argument("--dtype", default=None, help="fp32 or bf16 weights (default: fp32; bf16 with --quantize)")
+    where.add_argument("--quantize", default=None, metavar="int8",
+                       help="int8: weight-only int8 Linear layers, ~4x fewer bytes per token than fp32 (CPU)")
+    where.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
+
+
+def run(args):
+    options = parse_options(args)  # every flag checked before the (slow) model load
+    import torch
+
+    from gpt2_llm.device import DTYPES, pick_device
+    from gpt2_llm.quantize import prepare_for_decoding
+
+    device = pick_device(args.device)
+    model, bpe = load_model_and_vocab(args.model, args.vocab, args.pretrained)
+    model = prepare_for_decoding(model, device, DTYPES[options["dtype"]], options["quantize"])
+    prompt_ids = encode_prompt(args.prompt, bpe, model.config.max_seq_len)
+    prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    generator = torch.Generator()  # on the CPU: the same seed draws the same tokens on any device
+    if options["seed"] is None:
+        generator.seed()
+    else:
+        generator.manual_seed(options["seed"])
+    beams = beam_texts(model, prompt, bpe, options) if options["beam"] else None
+    for index in range(options["num_samples"]):
+        if index:
+            print("\n" + "-" * 40, flush=True)  # between samples
+        print(args.prompt, end="", flush=True)
+        if beams is not None:
+            print(beams[index], end="")
+        else:
+            stream_sample(model, prompt, bpe, options, generator)
+        print(flush=True)
+    return 0
+
+
+def stream_sample(model, prompt, bpe, options, generator) -> None:
+    """Print one sampled continuation piece by piece, as its tokens are chosen."""
+    from gpt2_llm.generation import generate_tokens
+    from gpt2_llm.text_stream import TextStream
+
+    stream = TextStream(bpe.token_bytes(), options["stop"])
+    tokens = generate_tokens(
+        model, prompt, options["num_tokens"], options["temperature"], options["top_k"], options["top_p"],
+        options["repetition_penalty"], generator, eos_token_id=bpe.eot_id, vocab_size=bpe.vocab_size,
+    )
+    for next_ids in tokens:
+        token_id = int(next_ids[0])
+        if token_id == bpe.eot_id:
+            break
+        print(stream.push(token_id), end="", flush=True)
+        if stream.stopped:
+            break
+    tokens.close()  # puts the model back in its previous mode now, not when garbage-collected
+    print(stream.finish(), end="", flush=True)
+
+
+def beam_texts(model, prompt, bpe, options) -> list[str]:
+    """The num_samples best beams' texts, best first, each cut at <|endoftext|> or a stop string."""
+    from gpt2_llm.beam_search import beam_search
+    from gpt2_llm.text_stream import TextStream
+
+    beams = beam_search(
+        model, prompt, options["num_tokens"], options["beam"], eos_token_id=bpe.eot_id,
+        repetition_penalty=options["repetition_penalty"], vocab_size=bpe.vocab_size,
+    )
+    texts = []
+    for beam in beams[: options["num_samples"]]:
+        stream = TextStream(bpe.token_bytes(), options["stop"])
+        tokens = beam.tokens[:-1] if beam.tokens and beam.tokens[-1] == bpe.eot_id else beam.tokens
+        texts.append("".join(stream.push(t) for t in tokens) + stream.finish())
+    return texts
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def load_model_and_vocab(model_path, vocab_path, pretrained):
+    """-> (GPT2, BPE) from a checkpoint + vocab file, or from a Hugging Face directory."""
+    from bpe import BPE
+    from gpt2_llm import checkpoint
+    from gpt2_llm.commands.tokenizer_commands import load_vocab
+    from gpt2_llm.gpt2 import GPT2
+
+    if pretrained is not None:
+        if model_path is not None or vocab_path is not None:
+            raise UserError("give either a checkpoint and vocab file or --pretrained DIR, not both")
+        if not os.path.isdir(pretrained):
+            raise UserError(f"--pretrained {pretrained}: no such directory; pass a Hugging Face GPT-2 directory")
+        files = [os.path.join(pretrained, name) for name in ("vocab.json", "merges.txt")]
+        missing = [os.path.basename(f) for f in files if not os.path.isfile(f)]
+        if missing:
+            raise UserError(f"--pretrained {pretrained} has no {' or '.join(missing)}: the GPT-2 tokenizer files "
+                            "(encoder.json and vocab.bpe under Hugging Face's names) must be in the directory")
+        model, bpe = GPT2.from_pretrained(pretrained), BPE.from_gpt2(*files)
+        check_vocab_fits(bpe, model.config, pretrained)
+        return model, bpe
+
+    model_path = model_path or DEFAULT_MODEL
+    if not os.path.exists(model_path):
+        raise UserError(f"model file {model_path} not found; train one with: python main.py train "
+                        "(or pass a checkpoint path, or --pretrained DIR)")
+    bpe = load_vocab(vocab_path or DEFAULT_VOCAB)
+    tensors, metadata = checkpoint.load_checkpoint(model_path)
+    config = checkpoint.config_from_metadata(metadata, model_path)
+    saved = metadata.get("vocab")  # written by the trainer; a plain model.save has none
+    if saved and saved.get("fingerprint") != bpe.fingerprint():
+        raise UserError(
+            f"{model_path} was trained with a different vocabulary ({saved.get('size')} tokens) than "
+            f"{bpe.vocab_path} ({bpe.vocab_size} tokens): the same ids would mean other text; pass the vocab "
+            "file it was trained with"
+        )
+    check_vocab_fits(bpe, config, model_path)
+    model = GPT2.from_config(config)
+    checkpoint.copy_model_tensors(model, tensors, metadata, model_path)
+    return model, bpe
+
+
+def check_vocab_fits(bpe, config, source) -> None:
+    if bpe.vocab_size > config.vocab_size:
+        raise UserError(f"the vocab has {bpe.vocab_size} tokens but the model in {source} only {config.vocab_size}; "
+                        "use the vocab file the model was trained with")
+
+
+def encode_prompt(prompt: str, bpe, context: int) -> list[int]:
+    """Prompt text -> ids; "" becomes <|endoftext|> (start of a document), too long keeps its end."""
+    ids = bpe.encode(prompt, allowed_special="all") if prompt else [bpe.eot_id]
+    if len(ids) > context:
+        print(f"note: the prompt has {len(ids)} tokens, more than the model's context of {context}; "
+              f"using its last {context}", file=sys.stderr)
+        ids = ids[-context:]
+    return ids
+
+
+# --- flag values ----------------------------------------------------------------------------------
+
+
+def parse_options(args) -> dict:
+    """Check and convert every flag -> plain values, or raise UserError naming the flag (no torch
+    import yet: a mistyped flag is reported at once)."""
+    num_tokens = parse_number(args.num_tokens, "num_tokens", int, low=1, high=MAX_NEW_TOKENS)
+    top_k = None if str(args.top_k).lower() in ("0", "none") else parse_number(args.top_k, "--top-k", int, low=1)
+    beam = None if args.beam is None else parse_number(args.beam, "--beam", int, low=1, high=MAX_BEAMS)
+    num_samples = parse_number(args.num_samples, "--num-samples", int, low=1, high=MAX_SAMPLES)
+    if beam is not None and num_samples > beam:
+        raise UserError(f"--num-samples {num_samples} is more than --beam {beam}: beam search ends with {beam} "
+                        "sequences; raise --beam or lower --num-samples")
+    top_p = None if args.top_p is None else parse_number(args.top_p, "--top-p", float, low=0.0, high=1.0)
+    if top_p == 0.0:
+        raise UserError("--top-p must be in (0, 1], got 0")
+    if args.quantize not in (None, "int8"):
+        raise UserError(f"--quantize {args.quantize}: the one quantization is int8")
+    if args.dtype is not None and args.dtype not in DTYPE_NAMES:
+        raise UserError(f"--dtype {args.dtype}: use fp32 or bf16")
+    dtype_name = args.dtype or ("bf16" if args.quantize else "fp32")
+    if any(stop == "" for stop in args.stop):
+        raise UserError("--stop needs a non-empty string")
+    return {
+        "num_tokens": num_tokens,
+        "temperature": parse_number(args.temperature, "--temperature", float, low=0.0),
+        "top_k": top_k,
+        "top_p": top_p,
+        "repetition_penalty": parse_number(args.repetition_penalty, "--repetition-penalty", float, low=0.0,
+                                           exclusive_low=True),
+        "beam": beam,
+        "num_samples": num_samples,
+        "seed": None if args.seed is None else parse_number(args.seed, "--seed", int, low=0, high=2**63 - 1),
+        "stop": list(args.stop),
+        "dtype": dtype_name,
+        "quantize": args.quantize,
+    }
+
+
+def parse_number(text, name, kind, low=None, high=None, exclusive_low=False):
+    """parse_number("0.8", "--temperature", float, low=0.0) -> 0.8; a bad value -> UserError."""
+    what = "an integer" if kind is int else "a number"
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be {what}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, got {text!r}")
+    too_low = low is not None and (value <= low if exclusive_low else value < low)
+    if too_low or (high is not None and value > high):
+        bounds = {(True, True): f"between {low} and {high}", (True, False): f"{'>' if exclusive_low else '>='} {low}",
+                  (False, True): f"<= {high}"}[low is not None, high is not None]
+        raise UserError(f"{name} must be {bounds}, got {text}")
+    return value
