@@ -21,7 +21,6 @@ import torch
 from tqdm import tqdm
 
 from gpt2_llm import checkpoint
-from gpt2_llm.attention import QKVAttention
 from gpt2_llm.data import TokenDataset, load_tokens, token_byte_lengths, vocab_fingerprint
 from gpt2_llm.device import (autocast, dtype_name, explicit_attention_is_faster, keep_freed_memory_on_cpu, pick_device,
                              pick_dtype)
@@ -120,9 +119,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.model = model.to(self.device)
         if explicit_attention_is_faster(self.device, self.dtype, config.context_length):
-            for module in model.modules():
-                if isinstance(module, QKVAttention):
-                    module.use_math = True  # same math, faster kernels here (see device.py)
+            model.use_math_attention()  # same math, faster kernels here (see device.py)
         self.optimizer = make_adamw(model, learning_rate, config.weight_decay, config.betas, self.device.type)
         # fp16 has too few exponent bits for small gradients: scale the loss up, unscale before clipping.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)

@@ -247,6 +247,14 @@ def test_epoch_is_train_tokens_over_tokens_per_step(vocab, corpus, tmp_path):
     assert trainer.state.run_total_steps == round(0.5 * (len(data.train) // (8 * 2 * 32)))
 
 
+def test_bf16_on_cpu_switches_to_the_explicit_attention(vocab):
+    def kernels(trainer):
+        return {m.use_math for m in trainer.model.modules() if hasattr(m, "use_math")}
+
+    assert kernels(micro_trainer(vocab, dtype="bf16", device="cpu")) == {True}  # faster there (device.py)
+    assert kernels(micro_trainer(vocab, dtype="fp32", device="cpu")) == {False}
+
+
 def test_unknown_device_is_a_user_error(vocab):
     with pytest.raises(UserError, match="unknown device"):
         micro_trainer(vocab, device="tpu9")
