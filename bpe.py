@@ -101,8 +101,9 @@ def parse_ids_json(text, vocab_size):
     """
     try:
         ids = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"token ids are not valid JSON ({e.msg}); expected a list like [15496, 995]") from e
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, an int of > 4300 digits, absurd nesting
+        detail = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
+        raise UserError(f"token ids are not valid JSON ({detail}); expected a list like [15496, 995]") from None
     if not isinstance(ids, list) or not all(type(i) is int for i in ids):
         raise UserError("token ids must be a JSON list of integers, like [15496, 995]")
     bad = [i for i in ids if not 0 <= i < vocab_size]

@@ -124,6 +124,9 @@ def main(argv=None):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the system refused a file: no permission, I/O error, ...
+        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

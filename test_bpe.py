@@ -161,8 +161,15 @@ def test_gpt2_matches_tiktoken_on_nasty_strings(gpt2, tik, text):
     assert gpt2.encode(text, allowed_special={EOT}) == tik.encode(text, allowed_special={EOT})
 
 
+# The `regex` package and tiktoken's Rust regex ship different Unicode versions, so a code point that one of them
+# has assigned (a letter, say) and the other has not can pre-split differently (hypothesis found U+3D000: a letter
+# to `regex`, unassigned to tiktoken). Parity is only defined where both agree: code points assigned in Python's
+# own Unicode database.
+ASSIGNED_TEXT = st.text(st.characters(exclude_categories=("Cn", "Cs")))  # Cs: tiktoken replaces lone surrogates
+
+
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text())
+@given(text=ASSIGNED_TEXT)
 def test_gpt2_matches_tiktoken_on_any_text(gpt2, tik, text):
     assert gpt2.encode(text) == tik.encode_ordinary(text)
 

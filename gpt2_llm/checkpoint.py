@@ -133,8 +133,11 @@ def _check_is_safetensors_file(path):
             else ""
         )
         raise UserError(f"{path} is a directory, not a checkpoint file; pass the .safetensors file{hint}")
-    with open(path, "rb") as f:
-        head = f.read(8)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:  # e.g. no read permission
+        raise UserError(f"cannot read checkpoint {path}: {e.strerror}") from None
     if not head:
         raise UserError(f"checkpoint {path} is empty (0 bytes); the save was interrupted, use an earlier one")
     # torch.save writes a zip archive ("PK\x03\x04"); older torch and plain pickle start with

@@ -59,6 +59,8 @@ def load_tokens(text_path, bpe, log=print) -> np.ndarray:
     The special <|endoftext|> is not parsed from the text: the file is data, not markup.
     """
     text_path = Path(text_path)
+    if text_path.is_dir():
+        raise UserError(f"training file {text_path} is a directory, expected a text file")
     if not text_path.is_file():
         raise UserError(f"training file {text_path} not found")
     path = cache_path(text_path, cache_key(text_path, bpe))

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from tqdm import tqdm
 
 from gpt2_llm import checkpoint
@@ -380,7 +381,11 @@ class Trainer:
         }
         if self.scaler.is_enabled():
             metadata["grad_scaler"] = self.scaler.state_dict()
-        checkpoint.save_checkpoint(path, tensors, metadata)
+        try:
+            checkpoint.save_checkpoint(path, tensors, metadata)
+        except (OSError, SafetensorError) as error:  # safetensors reports a full disk as SafetensorError
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise UserError(f"cannot write checkpoint {path}: {reason}; the previous checkpoint was kept") from None
         self.last_saved_step = self.state.step
 
     def restore(self, tensors: dict, metadata: dict) -> None:

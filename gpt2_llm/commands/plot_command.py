@@ -13,7 +13,10 @@ def add_arguments(name, parser):
 def run(args):
     from gpt2_llm.metrics import read_metrics
 
-    records = read_metrics(args.log)
+    try:
+        records = read_metrics(args.log)
+    except UnicodeDecodeError:
+        raise UserError(f"{args.log} is not UTF-8 text; is it a --log-file from train?") from None
     if not records:
         raise UserError(f"{args.log} has no records yet")
     try:

@@ -37,6 +37,31 @@ def load_vocab(path):
     return bpe
 
 
+def save_vocab(bpe):
+    """bpe.save(), with a failed write (no such folder, disk full) as a UserError; the old file stays as it was."""
+    try:
+        bpe.save()
+    except OSError as e:
+        raise UserError(f"cannot write vocab {bpe.vocab_path}: {e.strerror or e}; nothing was changed") from None
+
+
+def check_utf8_argument(text, what):
+    """Bytes in a command-line argument that are not UTF-8 arrive as lone surrogates (Python's surrogateescape):
+    refuse them rather than encode bytes the user never typed."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{what} is not valid UTF-8 (at character {e.start}); pass UTF-8 text") from None
+
+
+def printable(text):
+    """Tokens can spell any bytes, even a UTF-16 surrogate half, which no terminal can print: show those as U+FFFD.
+
+    printable("a\\ud800") -> "a\\ufffd\\ufffd\\ufffd"
+    """
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 def run(args):
     if args.command == "tokenize":
         text = read_text_file(args.file)
@@ -47,11 +72,12 @@ def run(args):
         bpe.set_vocab_size(vocab_size)
         start = time.perf_counter()
         bpe.create_vocab(text)
-        bpe.save()
+        save_vocab(bpe)
         print(f"Learned {bpe.vocab_size} tokens from {len(text.encode('utf-8')):,} bytes "
               f"in {time.perf_counter() - start:.1f}s; saved {args.output} "
               f"(model vocab size {bpe.get_model_vocab_size()})")
     elif args.command == "encode":
+        check_utf8_argument(args.text, "the text to encode")
         bpe = load_vocab(args.vocab)
         allowed = "all" if args.allow_special else ()
         print(json.dumps(bpe.encode(args.text, allowed_special=allowed)))
@@ -59,7 +85,7 @@ def run(args):
         bpe = load_vocab(args.vocab)
         ids = parse_ids_json(args.ids, bpe.vocab_size)
         if args.pieces:
-            print(json.dumps(bpe.decode_pieces(ids), ensure_ascii=False))
+            print(printable(json.dumps(bpe.decode_pieces(ids), ensure_ascii=False)))
         else:
-            print(bpe.decode(ids))
+            print(printable(bpe.decode(ids)))
     return 0

@@ -12,6 +12,7 @@ DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "data" / "shakespeare.txt
 DEFAULT_VOCAB = "vocab.txt"
 DEFAULT_SAVE = "gpt2_model.pt"
 PRESET_NAMES = ("tiny", "quick", "small", "gpt2")
+MAX_CONTEXT = 1 << 16  # GPT-2 has 1024; far beyond, a typo is likelier than a wish (and memory runs out)
 
 # flag -> (GPT2Config field, what it means); these must agree with a checkpoint being resumed.
 ARCHITECTURE_FLAGS = {
@@ -94,6 +95,9 @@ def run(args):
     from gpt2_llm.trainer import Trainer
 
     text_path = Path(args.file) if args.file else DEFAULT_CORPUS
+    if args.context is not None and not 1 <= args.context <= MAX_CONTEXT:
+        raise UserError(f"--context must be between 1 and {MAX_CONTEXT}, got {args.context}")
+    check_can_save(args.save or args.checkpoint or DEFAULT_SAVE)  # before training, not after
     bpe = ensure_vocab(args.vocab, text_path, args.vocab_size, resuming=args.checkpoint is not None)
     options = {field: getattr(args, flag) for flag, field in TRAINING_FLAGS.items() if getattr(args, flag) is not None}
     options["progress"] = not args.no_progress
@@ -140,6 +144,15 @@ def new_trainer(args, bpe, options):
     )
 
 
+def check_can_save(path):
+    """Refuse a checkpoint path that can never be written, so that no training is thrown away at the first save."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot save the checkpoint to {path}: it is a directory; pass a file path (--save)")
+    if not path.resolve().parent.is_dir():
+        raise UserError(f"cannot save to {path}: the folder {path.parent} does not exist; create it first")
+
+
 def check_architecture_flags(args, config):
     """A resumed model keeps its shape: refuse flags that ask for another one."""
     from gpt2_llm.config import PRESETS
@@ -160,6 +173,7 @@ def check_architecture_flags(args, config):
 def ensure_vocab(vocab_path, text_path, vocab_size, resuming):
     """Load the vocab, or learn one from the training file when it does not exist yet."""
     from bpe import BPE, read_text_file
+    from gpt2_llm.commands.tokenizer_commands import save_vocab
 
     bpe = BPE(str(vocab_path))
     if bpe.load():
@@ -173,5 +187,5 @@ def ensure_vocab(vocab_path, text_path, vocab_size, resuming):
     bpe.set_vocab_size(vocab_size or bpe.get_recommended_vocab_size(text))
     print(f"Creating vocab {vocab_path} from {text_path}")
     bpe.create_vocab(text)
-    bpe.save()
+    save_vocab(bpe)
     return bpe
