@@ -110,6 +110,7 @@ class QKVAttention(nn.Module):
             q, k = self.rope(q, start), self.rope(k, start)  # V carries content, not position
         if cache is not None:
             k, v = cache.update(start, k, v)  # -> (B, nh, start + T, hs)
+            q = q.to(k.dtype)  # a cache may hold more precision than the weights: attend in its dtype
 
         dropout_p = self.dropout if self.training else 0.0
         if self.use_math:
@@ -122,5 +123,5 @@ class QKVAttention(nn.Module):
             is_causal = start == 0 and T > 1
             mask = causal_mask(T, start, x.device) if start > 0 and T > 1 else None
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, C).to(x.dtype)  # (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))

@@ -37,7 +37,7 @@ class TokenWindow:
         batch, length = prompt_ids.shape
         self.model = model
         self.context = model.config.max_seq_len
-        self.cache = model.new_cache()
+        self.cache = model.new_cache(cache_dtype(prompt_ids.device))
         self.tokens = torch.empty(batch, length + max_new_tokens, dtype=torch.long, device=prompt_ids.device)
         self.tokens[:, :length] = prompt_ids
         self.length = length
@@ -76,6 +76,16 @@ class TokenWindow:
         return self.model.next_token_logits(idx, self.cache)
 
 
+def cache_dtype(device: torch.device) -> torch.dtype | None:
+    """fp32 keys and values on a CPU, whatever the weights' dtype; elsewhere those of the model.
+
+    PyTorch's CPU attention is several times slower in bf16 for one query (per layer, 144 cached
+    positions: 178 us vs 32 us in fp32; 1024 positions: 1.3 ms vs 0.17 ms), and the cache is
+    small next to the weights each token reads, so its fp32 copy costs little and is more exact.
+    """
+    return torch.float32 if device.type == "cpu" else None
+
+
 def check_generation_args(max_new_tokens: int, vocab_size: int | None = None) -> None:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise UserError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
@@ -111,7 +121,9 @@ def generate_tokens(
         if max_new_tokens == 0:
             return
         logits = window.prefill()
-        finished = None if eos_token_id is None else torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+        finished = None  # rows that have produced eos_token_id
+        if eos_token_id is not None:
+            finished = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
         for step in range(max_new_tokens):
             logits = logits[:, :vocab_size].float()  # sampling in fp32 whatever the model's dtype
             logits = apply_repetition_penalty(logits, window.ids, repetition_penalty)

@@ -108,9 +108,9 @@ class GPT2(nn.Module):
             if isinstance(module, QKVAttention):
                 module.use_math = enabled
 
-    def new_cache(self) -> KVCache:
-        """An empty KV cache sized for this model's context (see kv_cache.py)."""
-        return KVCache(self.config.num_layers, self.config.max_seq_len)
+    def new_cache(self, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache sized for this model's context, in dtype (None: the keys') (see kv_cache.py)."""
+        return KVCache(self.config.num_layers, self.config.max_seq_len, dtype)
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """ids (B, T) -> final normalised hidden states (B, T, C), continuing the cache if given."""

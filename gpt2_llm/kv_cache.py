@@ -2,8 +2,9 @@
 
 Each layer owns a buffer (B, nh, max_seq_len, hs) for keys and one for values, written in place
 at the current length, so decoding one token costs one token of work instead of re-running the
-whole prefix. Buffers are allocated on the first write, with the dtype and device of the keys
-being written: the cache follows whatever precision the caller chose (fp32, bf16 autocast...).
+whole prefix. Buffers are allocated on the first write, on the device of the keys being written
+and in their dtype, unless the cache was given one: a bf16 model may keep an fp32 cache (see
+generation.cache_dtype), and attention then runs in the cache's precision.
 
     cache = model.new_cache()
     logits = model(prompt, cache)            # prefill: cache.length == prompt length
@@ -17,8 +18,9 @@ from gpt2_llm.errors import UserError
 class LayerKVCache:
     """Keys and values of one attention layer; written by `update`, read as a prefix slice."""
 
-    def __init__(self, max_seq_len: int):
+    def __init__(self, max_seq_len: int, dtype: torch.dtype | None = None):
         self.max_seq_len = max_seq_len
+        self.dtype = dtype  # None: that of the keys written
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
 
@@ -28,10 +30,11 @@ class LayerKVCache:
         Returns views (B, nh, start + T, hs) of the buffers: no copy of the prefix.
         """
         B, nh, T, hs = k.shape
-        if self.keys is None or self.keys.shape[0] != B or self.keys.dtype != k.dtype:
+        dtype = self.dtype or k.dtype
+        if self.keys is None or self.keys.shape[0] != B or self.keys.dtype != dtype:
             shape = (B, nh, self.max_seq_len, hs)
-            self.keys = torch.zeros(shape, dtype=k.dtype, device=k.device)
-            self.values = torch.zeros(shape, dtype=v.dtype, device=v.device)
+            self.keys = torch.zeros(shape, dtype=dtype, device=k.device)
+            self.values = torch.zeros(shape, dtype=dtype, device=v.device)
         self.keys[:, :, start : start + T] = k
         self.values[:, :, start : start + T] = v
         return self.keys[:, :, : start + T], self.values[:, :, : start + T]
@@ -51,9 +54,9 @@ class LayerKVCache:
 class KVCache:
     """One LayerKVCache per layer plus `length`, the number of positions already stored."""
 
-    def __init__(self, num_layers: int, max_seq_len: int):
+    def __init__(self, num_layers: int, max_seq_len: int, dtype: torch.dtype | None = None):
         self.max_seq_len = max_seq_len
-        self.layers = [LayerKVCache(max_seq_len) for _ in range(num_layers)]
+        self.layers = [LayerKVCache(max_seq_len, dtype) for _ in range(num_layers)]
         self.length = 0
 
     def reset(self) -> None:

@@ -33,12 +33,14 @@ class Int8Linear(nn.Module):
         # The kernel wants scales in the activations' dtype; model.to(dtype) converts them with the rest.
         self.register_buffer("scales", scales.to(linear.weight.dtype))
         self.bias = linear.bias
+        self.out_features = linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)).contiguous(), self.weight, self.scales)
+        # The kernel takes 2-D input with unit stride along features, which reshape keeps.
+        y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)), self.weight, self.scales)
         if self.bias is not None:
-            y = y + self.bias
-        return y.view(*x.shape[:-1], -1)  # (..., in) -> (..., out)
+            y += self.bias  # y is a fresh tensor: add in place, no second allocation
+        return y.view(*x.shape[:-1], self.out_features)  # (..., in) -> (..., out)
 
 
 class PackedLinear(nn.Module):

@@ -222,7 +222,8 @@ class Trainer:
         prompt = torch.from_numpy(data.val[:8].astype(np.int64))[None].to(self.device)
         generator = torch.Generator(self.device).manual_seed(self.config.seed)
         with autocast(self.device, self.dtype):
-            ids = self.model.generate(prompt, num_tokens, temperature=0.8, top_k=40, generator=generator)
+            ids = self.model.generate(prompt, num_tokens, temperature=0.8, top_k=40, generator=generator,
+                                      vocab_size=self.bpe.vocab_size)  # never a padding row
         return self.bpe.decode(ids[0].tolist())
 
     # --- the loop: schedule, stopping, evaluation, checkpoints, logs --------------------------

@@ -30,7 +30,8 @@ def add_arguments(name, parser):
                         help=f"vocab file the model was trained with (default: {DEFAULT_VOCAB})")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--temperature", default="0.8", help="softmax temperature; 0 = greedy (default 0.8)")
-    sampling.add_argument("--top-k", default="40", help="sample from the k most likely tokens; 0 or none = all (default 40)")
+    sampling.add_argument("--top-k", default="40",
+                          help="sample from the k most likely tokens; 0 or none = all (default 40)")
     sampling.add_argument("--top-p", default=None, help="nucleus sampling: the smallest set of tokens with this much "
                                                         "probability, in (0, 1] (default: off)")
     sampling.add_argument("--repetition-penalty", default="1.0",
@@ -64,7 +65,7 @@ def run(args):
     model = prepare_for_decoding(model, device, DTYPES[options["dtype"]], options["quantize"])
     prompt_ids = encode_prompt(args.prompt, bpe, model.config.max_seq_len)
     prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    generator = torch.Generator()  # on the CPU: the same seed draws the same tokens on any device
+    generator = torch.Generator()  # a CPU generator, whatever the device: a seed means the same draws everywhere
     if options["seed"] is None:
         generator.seed()
     else:

@@ -20,8 +20,8 @@ class BigramModel(nn.Module):
         self.config = GPT2Config(vocab_size=probs.size(0), embedding_dim=8, num_layers=1, num_heads=1, max_seq_len=64)
         self.log_probs = probs.log()
 
-    def new_cache(self):
-        return KVCache(0, self.config.max_seq_len)  # no layers: only the length is tracked
+    def new_cache(self, dtype=None):
+        return KVCache(0, self.config.max_seq_len, dtype)  # no layers: only the length is tracked
 
     def next_token_logits(self, idx, cache):
         cache.length += idx.size(1)

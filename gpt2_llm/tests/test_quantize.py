@@ -63,7 +63,8 @@ def test_packed_fp32_is_the_same_function():
     assert any(isinstance(m, PackedLinear) for m in packed.modules())
     with torch.no_grad():
         torch.testing.assert_close(packed(tokens()), model(tokens()), atol=1e-4, rtol=1e-4)
-    assert torch.equal(packed.generate(tokens()[:1, :8], 30, temperature=0), model.generate(tokens()[:1, :8], 30, temperature=0))
+    prompt = tokens()[:1, :8]
+    assert torch.equal(packed.generate(prompt, 30, temperature=0), model.generate(prompt, 30, temperature=0))
 
 
 @pytest.mark.parametrize("dtype, quantize, max_error, mean_error", [
