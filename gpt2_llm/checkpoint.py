@@ -150,9 +150,10 @@ def _check_is_safetensors_file(path):
         )
 
 
-def model_tensors(model) -> dict[str, torch.Tensor]:
-    """The model's weights for a checkpoint: its state_dict without the tied head."""
-    return {key: t for key, t in model.state_dict().items() if key != _TIED_HEAD}
+def model_tensors(model, state_dict: dict | None = None) -> dict[str, torch.Tensor]:
+    """The model's weights for a checkpoint: its state_dict (or the one given) without the tied head."""
+    state_dict = model.state_dict() if state_dict is None else state_dict
+    return {key: t for key, t in state_dict.items() if key != _TIED_HEAD}
 
 
 def config_from_metadata(metadata: dict, path) -> GPT2Config:

@@ -9,6 +9,7 @@ residual stream an untouched sum, which is what lets deep stacks train without w
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from gpt2_llm.attention import QKVAttention
 from gpt2_llm.kv_cache import KVCache
@@ -55,7 +56,14 @@ class DecoderBlock(nn.Module):
 
 
 class GPT2Decoder(nn.Module):
-    """num_layers DecoderBlocks applied in order; (B, T, C) -> (B, T, C)."""
+    """num_layers DecoderBlocks applied in order; (B, T, C) -> (B, T, C).
+
+    gradient_checkpointing (set by the trainer): while training, keep only each block's input for
+    backward and recompute the block's activations there: about one extra forward of compute for
+    activation memory that no longer grows with the (B, T, 4C) MLP and attention intermediates.
+    """
+
+    gradient_checkpointing = False
 
     def __init__(
         self,
@@ -83,8 +91,9 @@ class GPT2Decoder(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Without a cache x is a whole sequence; with one, x continues at position cache.length."""
         if cache is None:
+            recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
             for block in self.blocks:
-                x = block(x)
+                x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
             return x
         start = cache.length
         cache.check_room(x.size(1))

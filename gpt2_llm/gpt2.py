@@ -143,8 +143,7 @@ class GPT2(nn.Module):
         Under bf16 autocast the logits stay bf16 and autocast runs cross_entropy in fp32; a bf16
         softmax was no faster in a whole training step and would round the loss itself to bf16.
         """
-        logits = self(idx)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return next_token_loss(self(idx), targets)
 
     @torch.no_grad()
     def generate(
@@ -211,3 +210,11 @@ class GPT2(nn.Module):
     def save_pretrained(self, directory) -> None:
         """Write config.json + model.safetensors in Hugging Face's GPT-2 layout."""
         hf_interop.write_hf_gpt2(self, directory)
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits (B, T, V) against targets (B, T), ignoring -100 (see GPT2.loss).
+
+    Apart from the model so that a wrapper's forward (DistributedDataParallel's) can feed it.
+    """
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)

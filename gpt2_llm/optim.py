@@ -56,19 +56,28 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer, model: nn.Module) 
     """
     names = _names_in_optimizer_order(optimizer, model)
     state = optimizer.state_dict()
+    return tensors_from_named_state({
+        "state": {names[index]: per_param for index, per_param in state["state"].items()},
+        "param_groups": [{**group, "params": [names[i] for i in group["params"]]} for group in state["param_groups"]],
+    })
+
+
+def tensors_from_named_state(named: dict) -> tuple[dict, dict]:
+    """An optimizer state keyed by parameter name (as torch.distributed.checkpoint gathers it) ->
+    checkpoint tensors + JSON: {"state": {"wte.weight": {"exp_avg": t}}} -> {"optimizer/wte.weight/exp_avg": t}.
+    """
     tensors = {
-        f"optimizer/{names[index]}/{key}": torch.as_tensor(value).detach().cpu()
-        for index, per_param in state["state"].items()
+        f"optimizer/{name}/{key}": torch.as_tensor(value).detach().cpu()
+        for name, per_param in named["state"].items()
         for key, value in per_param.items()
     }
-    groups = [{**group, "params": [names[i] for i in group["params"]]} for group in state["param_groups"]]
-    return tensors, {"param_groups": groups}
+    return tensors, {"param_groups": named["param_groups"]}
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, tensors: dict, hyper: dict) -> None:
-    """Inverse of optimizer_state_tensors; load_state_dict moves each tensor to its parameter's device."""
+def named_state_from_tensors(optimizer: torch.optim.Optimizer, model: nn.Module, tensors: dict,
+                             hyper: dict) -> dict:
+    """Inverse of tensors_from_named_state, checked against this model's parameters."""
     names = _names_in_optimizer_order(optimizer, model)
-    index_of = {name: i for i, name in enumerate(names)}
     saved_groups = hyper["param_groups"]
     groups_here = [[names[i] for i in g["params"]] for g in optimizer.state_dict()["param_groups"]]
     if [g["params"] for g in saved_groups] != groups_here:
@@ -77,12 +86,20 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, ten
     state = {}
     for key, value in tensors.items():
         name, state_key = key.removeprefix("optimizer/").rsplit("/", 1)
-        state.setdefault(index_of[name], {})[state_key] = value
+        state.setdefault(name, {})[state_key] = value
     # How the update runs (fused kernel or not) belongs to this machine, not to the checkpoint.
     here = [{k: group[k] for k in _DEVICE_KEYS if k in group} for group in optimizer.param_groups]
-    groups = [{**saved, **local, "params": [index_of[n] for n in saved["params"]]}
-              for saved, local in zip(saved_groups, here)]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": [{**saved, **local} for saved, local in zip(saved_groups, here)]}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, tensors: dict, hyper: dict) -> None:
+    """Inverse of optimizer_state_tensors; load_state_dict moves each tensor to its parameter's device."""
+    named = named_state_from_tensors(optimizer, model, tensors, hyper)
+    index_of = {name: i for i, name in enumerate(_names_in_optimizer_order(optimizer, model))}
+    optimizer.load_state_dict({
+        "state": {index_of[name]: per_param for name, per_param in named["state"].items()},
+        "param_groups": [{**group, "params": [index_of[n] for n in group["params"]]} for group in named["param_groups"]],
+    })
 
 
 _DEVICE_KEYS = ("fused", "foreach", "capturable", "differentiable")

@@ -4,9 +4,10 @@
     step:  grad_accum x (forward + backward under autocast) -> clip grads to 1.0 -> AdamW (fused)
     every eval_interval steps and at the end: val loss, bits per byte, a sample, a checkpoint
 
-The step (`train_step`) touches no files and prints nothing; the loop around it does the I/O. That
-split is where distributed training slots in later: each rank runs train_step on its own batches,
-and only rank 0 (`is_main_process`) logs, samples and writes checkpoints.
+The step (`train_step`) touches no files and prints nothing; the loop around it does the I/O. Under
+torchrun (see distributed.py) each rank runs train_step on its own slice of the global batch through
+DistributedDataParallel (or, with --fsdp, FSDP2-sharded), and only rank 0 (`is_main_process`) logs,
+samples and writes checkpoints: whole, unsharded weights, so they resume in one process or in many.
 """
 import math
 import random
@@ -21,14 +22,15 @@ import torch
 from safetensors import SafetensorError
 from tqdm import tqdm
 
-from gpt2_llm import checkpoint
+from gpt2_llm import checkpoint, distributed
 from gpt2_llm.data import TokenDataset, load_tokens, token_byte_lengths, vocab_fingerprint
 from gpt2_llm.device import (autocast, dtype_name, explicit_attention_is_faster, keep_freed_memory_on_cpu, pick_device,
                              pick_dtype)
 from gpt2_llm.errors import UserError
-from gpt2_llm.gpt2 import GPT2
+from gpt2_llm.gpt2 import GPT2, next_token_loss
 from gpt2_llm.metrics import MetricsLog, bits_per_byte
-from gpt2_llm.optim import learning_rate_at, load_optimizer_state, make_adamw, optimizer_state_tensors
+from gpt2_llm.optim import (learning_rate_at, load_optimizer_state, make_adamw, named_state_from_tensors,
+                            optimizer_state_tensors, tensors_from_named_state)
 from gpt2_llm.train_state import TrainingState, check_vocab_matches, restore_rng_states, rng_states
 
 # Training settings that go with each model shape in config.PRESETS (batch, lr, warmup, ...).
@@ -66,8 +68,10 @@ class TrainingConfig:
     compile: bool = False  # torch.compile the forward + loss
     log_file: str | None = None  # JSON-lines metrics log
     progress: bool = True  # show a progress bar
+    grad_checkpoint: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
+    fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state instead of replicating them
 
-    MACHINE_FIELDS = ("device", "compile", "log_file", "progress")
+    MACHINE_FIELDS = ("device", "compile", "log_file", "progress", "grad_checkpoint", "fsdp")
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -96,8 +100,12 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, model: GPT2, bpe, max_seq_len: int, batch_size: int, learning_rate: float, **options):
-        """options: any TrainingConfig field (grad_accum, warmup_steps, dtype, device, seed, ...)."""
+    def __init__(self, model: GPT2, bpe, max_seq_len: int, batch_size: int, learning_rate: float,
+                 distributed_context: distributed.DistributedContext | None = None, **options):
+        """options: any TrainingConfig field (grad_accum, warmup_steps, dtype, device, seed, ...).
+
+        distributed_context: from distributed.start() under torchrun; batch_size is then per rank.
+        """
         self.config = config = TrainingConfig(max_seq_len, batch_size, learning_rate, **options)
         if config.context_length > model.config.max_seq_len:
             raise UserError(
@@ -109,22 +117,37 @@ class Trainer:
                 "embedding rows; build the model with vocab_size=bpe.get_model_vocab_size()"
             )
         self.bpe = bpe
-        self.device = pick_device(config.device)
+        self.distributed = distributed_context
+        if distributed_context is None:
+            self.device = pick_device(config.device)
+        else:
+            self.device = distributed.device_for(distributed_context, config.device)
         self.dtype = pick_dtype(config.dtype, self.device)
         config.dtype = dtype_name(self.dtype)  # a resumed run keeps the precision it started with
-        self.is_main_process = True  # rank 0 under torchrun; the only process for now
+        self.is_main_process = distributed_context is None or distributed_context.is_main_process
+        self.world_size = 1 if distributed_context is None else distributed_context.world_size
+        if config.fsdp and distributed_context is None:
+            raise UserError("--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N")
+        self.sharded = config.fsdp
         if self.device.type == "cpu":
             keep_freed_memory_on_cpu()
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores: ~8x, 10-bit mantissa
             torch.backends.cudnn.allow_tf32 = True
-        self.model = model.to(self.device)
+        self.model = model.to(self.device)  # always the plain GPT2: eval, samples and checkpoints use it
+        model.decoder.gradient_checkpointing = config.grad_checkpoint
         if explicit_attention_is_faster(self.device, self.dtype, config.context_length):
             model.use_math_attention()  # same math, faster kernels here (see device.py)
+        if distributed_context is None or config.fsdp:  # FSDP2 hooks model's own forward: model.loss works
+            self.train_model = distributed.shard(model) if config.fsdp else model
+            loss_fn = model.loss
+        else:  # the loss must run through DDP's forward, which readies the gradient all-reduce
+            self.train_model = distributed.wrap(model, self.device)
+            loss_fn = lambda x, y: next_token_loss(self.train_model(x), y)  # noqa: E731
+        self.loss_fn = torch.compile(loss_fn) if config.compile else loss_fn
         self.optimizer = make_adamw(model, learning_rate, config.weight_decay, config.betas, self.device.type)
         # fp16 has too few exponent bits for small gradients: scale the loss up, unscale before clipping.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.loss_fn = torch.compile(model.loss) if config.compile else model.loss
         self.byte_lengths = torch.from_numpy(token_byte_lengths(bpe, model.config.vocab_size))
         self.state = TrainingState()
         self.last_saved_step = None
@@ -174,14 +197,20 @@ class Trainer:
         caller can stop with the last good weights still in memory and on disk.
         """
         total_loss = torch.zeros((), device=self.device)
-        for _ in range(self.config.grad_accum):
-            x, y = self.to_device(*data.random_batch(self.config.batch_size, self.batch_generator))
-            with autocast(self.device, self.dtype):
-                loss = self.loss_fn(x, y) / self.config.grad_accum
-            self.scaler.scale(loss).backward()
+        for micro_step in range(self.config.grad_accum):
+            x, y = self.to_device(*self.next_batch(data))
+            # Ranks average their gradients once per step, in the last micro-step's backward.
+            with distributed.no_sync(self.train_model, sync=micro_step == self.config.grad_accum - 1):
+                with autocast(self.device, self.dtype):
+                    loss = self.loss_fn(x, y) / self.config.grad_accum
+                self.scaler.scale(loss).backward()
             total_loss += loss.detach()
+        if self.distributed is not None:  # report the loss of the whole global batch, the same on every rank
+            torch.distributed.all_reduce(total_loss)
+            total_loss /= self.world_size
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        grad_norm = distributed.full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                                           self.config.grad_clip))
         loss_value, norm_value = torch.stack([total_loss.float(), grad_norm.float()]).tolist()  # one device sync
         if not self.is_finite_step(loss_value, norm_value):
             self.optimizer.zero_grad(set_to_none=True)
@@ -192,6 +221,20 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, norm_value
+
+    def next_batch(self, data: TokenDataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's micro-batch. Every rank draws the same global batch (one generator, one seed)
+        and keeps its own rows: N ranks x batch B see exactly the windows one process with batch N*B sees.
+        """
+        x, y = data.random_batch(self.config.batch_size * self.world_size, self.batch_generator)
+        if self.distributed is None:
+            return x, y
+        return distributed.rank_slice(x, self.distributed), distributed.rank_slice(y, self.distributed)
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens in one optimizer step over all ranks."""
+        return self.world_size * self.config.batch_size * self.config.grad_accum * self.config.context_length
 
     def is_finite_step(self, loss: float, grad_norm: float) -> bool:
         # With fp16 the scaler handles overflowing gradients itself (skips the step, lowers the scale).
@@ -239,7 +282,7 @@ class Trainer:
         data = self.load_data(filepath)
         self.plan_run(data, num_epochs, max_steps, max_time)
         state, config = self.state, self.config
-        tokens_per_step = config.batch_size * config.grad_accum * config.context_length
+        tokens_per_step = self.tokens_per_step
         stop_reason = None
         self.model.train()
         with GracefulStop() as signals, MetricsLog(config.log_file if self.is_main_process else None) as log, \
@@ -249,6 +292,8 @@ class Trainer:
                 start = time.perf_counter()
                 loss, grad_norm = self.train_step(data, lr)
                 seconds = time.perf_counter() - start
+                if self.distributed is not None:
+                    seconds = self.agree_across_ranks(seconds, signals)
                 if not self.is_finite_step(loss, grad_norm):
                     raise self.diverged(loss, grad_norm, lr)
                 state.step += 1
@@ -280,7 +325,7 @@ class Trainer:
         One epoch = len(train tokens) / tokens per step; max_steps replaces the epoch count.
         """
         state, config = self.state, self.config
-        tokens_per_step = config.batch_size * config.grad_accum * config.context_length
+        tokens_per_step = self.tokens_per_step
         steps_per_epoch = max(1, len(data.train) // tokens_per_step)
         if state.step > 0 and not state.run_finished():
             self.say(f"Resuming the interrupted run at step {state.step} of {state.run_total_steps}"
@@ -304,7 +349,8 @@ class Trainer:
         self.say(
             f"Training a {n / 1e6:.2f}M-parameter model on {self.device.type} ({dtype_name(self.dtype)}): "
             f"{len(data.train):,} train / {len(data.val):,} val tokens; one epoch = {steps_per_epoch:,} steps "
-            f"of {config.batch_size}x{config.grad_accum}x{config.context_length} tokens; "
+            f"of {config.batch_size}x{config.grad_accum}x{config.context_length} tokens"
+            + (f" x {self.world_size} processes" if self.distributed is not None else "") + "; "
             f"planned steps {state.run_start_step}..{state.run_total_steps}"
             + (f", at most {state.run_max_time:g}s" if state.run_max_time else "")
         )
@@ -315,8 +361,20 @@ class Trainer:
         return learning_rate_at(state.step - state.run_start_step, self.config.learning_rate, state.run_warmup_steps,
                                 state.run_total_steps - state.run_start_step, self.config.min_lr_ratio, time_fraction)
 
+    def agree_across_ranks(self, seconds: float, signals: "GracefulStop") -> float:
+        """The slowest rank's step time, and a stop signal any rank received, so that every rank keeps
+        the same clock (--max-time) and stops at the same step; a rank left behind would wait forever.
+        """
+        seconds, signal_number = distributed.all_reduce([seconds, signals.signal_number or 0],
+                                                        torch.distributed.ReduceOp.MAX, self.device)
+        if signal_number and signals.signal_number is None:
+            signals.signal_number = int(signal_number)
+        return seconds
+
     def evaluate_and_save(self, data: TokenDataset, save_path) -> dict:
         state = self.state
+        if not (self.is_main_process or self.sharded):  # DDP: rank 0 evaluates and saves alone; the
+            return {}  # others go on. FSDP: every rank takes part in the forward's all-gathers
         if not len(data.val):
             self.save_checkpoint(save_path)
             return {}
@@ -325,7 +383,7 @@ class Trainer:
         if state.best_val_loss is None or val_loss < state.best_val_loss:
             state.best_val_loss, state.best_val_bpb = val_loss, val_bpb
         self.say(f"step {state.step}: val loss {val_loss:.4f}, val bits/byte {val_bpb:.4f}")
-        if self.config.sample_tokens:
+        if self.config.sample_tokens and not self.sharded:  # generate bypasses FSDP's forward hooks
             self.say(f"  sample: {self.sample(data, self.config.sample_tokens)!r}")
         self.save_checkpoint(save_path)
         return {"val_loss": val_loss, "val_bpb": val_bpb}
@@ -355,7 +413,8 @@ class Trainer:
     # --- checkpoints and reproducibility ---------------------------------------------------------
 
     def seed_everything(self, seed: int) -> None:
-        torch.manual_seed(seed)  # dropout (and CUDA's generators)
+        rank = 0 if self.distributed is None else self.distributed.rank
+        torch.manual_seed(seed + rank)  # dropout (and CUDA's generators): other masks on other rows
         np.random.seed(seed)
         random.seed(seed)
         self.batch_generator = torch.Generator().manual_seed(seed)  # which windows each step trains on
@@ -365,13 +424,20 @@ class Trainer:
 
         Refuses non-finite weights, so a diverged run can never replace a good checkpoint.
         """
+        if self.sharded:  # every rank sends its shards; rank 0 receives the whole tensors
+            model_state, named_optimizer_state = distributed.full_state(self.model, self.optimizer)
         if not self.is_main_process:
             return
-        if not all(p.isfinite().all() for p in self.model.parameters()):
+        if self.sharded:
+            weights = checkpoint.model_tensors(self.model, model_state)
+            optimizer_tensors, optimizer_meta = tensors_from_named_state(named_optimizer_state)
+        else:
+            weights = checkpoint.model_tensors(self.model)
+            optimizer_tensors, optimizer_meta = optimizer_state_tensors(self.optimizer, self.model)
+        if not all(t.isfinite().all() for t in weights.values() if t.is_floating_point()):
             raise UserError(f"refusing to save non-finite weights to {path}; the previous checkpoint was kept")
-        optimizer_tensors, optimizer_meta = optimizer_state_tensors(self.optimizer, self.model)
         rng_tensors, rng_meta = rng_states(self.batch_generator)
-        tensors = {**checkpoint.model_tensors(self.model), **optimizer_tensors, **rng_tensors}
+        tensors = {**weights, **optimizer_tensors, **rng_tensors}
         metadata = {
             "config": self.model.config.to_dict(),
             "vocab": {"fingerprint": vocab_fingerprint(self.bpe), "size": self.bpe.vocab_size},
@@ -392,7 +458,11 @@ class Trainer:
     def restore(self, tensors: dict, metadata: dict) -> None:
         """Load the optimizer, schedule position and RNG states saved by save_checkpoint."""
         optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer/")}
-        load_optimizer_state(self.optimizer, self.model, optimizer_tensors, metadata["optimizer"])
+        if self.sharded:
+            named = named_state_from_tensors(self.optimizer, self.model, optimizer_tensors, metadata["optimizer"])
+            distributed.load_full_optimizer_state(self.model, self.optimizer, named)
+        else:
+            load_optimizer_state(self.optimizer, self.model, optimizer_tensors, metadata["optimizer"])
         self.state = TrainingState.from_dict(metadata["training"])
         restore_rng_states(self.batch_generator, tensors, metadata["rng"])
         if self.scaler.is_enabled() and "grad_scaler" in metadata:

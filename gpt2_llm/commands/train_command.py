@@ -3,6 +3,9 @@
 Flags left out fall back to the checkpoint being resumed, then to the preset. Exit code 0 when the
 run ends (its steps, epochs or --max-time are done); 130 (SIGINT) or 143 (SIGTERM) when it was
 interrupted, after saving a checkpoint that the same command resumes.
+
+Under `torchrun --nproc_per_node=N main.py train ...` the same command trains data-parallel (see
+distributed.py): --batch-size is then per process, and only rank 0 prints and saves.
 """
 from pathlib import Path
 
@@ -37,6 +40,8 @@ TRAINING_FLAGS = {
     "device": "device",
     "compile": "compile",
     "log_file": "log_file",
+    "grad_checkpoint": "grad_checkpoint",
+    "fsdp": "fsdp",
 }
 
 
@@ -79,7 +84,13 @@ def add_arguments(name, parser):
     run.add_argument("--dtype", choices=("fp32", "bf16", "fp16"),
                      help="autocast precision (default: bf16 where the hardware has it, else fp16 on CUDA, else fp32)")
     run.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (slow start)")
-    run.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
+    run.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu); "
+                                      "under torchrun each process takes cuda:LOCAL_RANK")
+    run.add_argument("--grad-checkpoint", action="store_true", default=None,
+                     help="recompute activations in backward: less memory for about 1/3 more compute")
+    run.add_argument("--fsdp", action="store_true", default=None,
+                     help="under torchrun: shard weights, gradients and optimizer state across the processes "
+                          "(FSDP2) instead of replicating them (DDP)")
     evaluation = parser.add_argument_group("evaluation and output")
     evaluation.add_argument("--val-fraction", type=float, help="last fraction of the file held out for validation "
                                                                "(default 0.1)")
@@ -92,15 +103,32 @@ def add_arguments(name, parser):
 
 
 def run(args):
+    from gpt2_llm import distributed
+
+    context = distributed.start(args.device)
+    try:
+        exit_code = train(args, context)
+        distributed.wait_for_all(context)  # leave together: a rank tearing down its group early can abort a peer
+        return exit_code
+    finally:
+        distributed.stop()
+
+
+def train(args, context):
+    from gpt2_llm import distributed
     from gpt2_llm.trainer import Trainer
 
+    is_main_process = context is None or context.is_main_process
     text_path = Path(args.file) if args.file else DEFAULT_CORPUS
     if args.context is not None and not 1 <= args.context <= MAX_CONTEXT:
         raise UserError(f"--context must be between 1 and {MAX_CONTEXT}, got {args.context}")
     check_can_save(args.save or args.checkpoint or DEFAULT_SAVE)  # before training, not after
-    bpe = ensure_vocab(args.vocab, text_path, args.vocab_size, resuming=args.checkpoint is not None)
+    with distributed.main_process_first(context):  # rank 0 creates a missing vocab; the others then load it
+        bpe = ensure_vocab(args.vocab, text_path, args.vocab_size, resuming=args.checkpoint is not None)
     options = {field: getattr(args, flag) for flag, field in TRAINING_FLAGS.items() if getattr(args, flag) is not None}
     options["progress"] = not args.no_progress
+    if context is not None:
+        options["distributed_context"] = context
     if args.checkpoint:
         trainer = Trainer.from_checkpoint(args.checkpoint, bpe, **options)
         check_architecture_flags(args, trainer.model.config)
@@ -109,6 +137,8 @@ def run(args):
         trainer = new_trainer(args, bpe, options)
         save_path = args.save or DEFAULT_SAVE
     result = trainer.train(text_path, args.epochs, save_path, args.max_steps, args.max_time)
+    if not is_main_process:
+        return 0 if result.stop_reason != "interrupted" else 128 + result.signal_number
     if result.stop_reason == "interrupted":
         print(f"Interrupted at step {result.steps}; saved {save_path}. Resume with: "
               f"python main.py train {text_path} {args.vocab} {save_path}")

@@ -57,3 +57,49 @@ def test_bias_free_layers():
     block = DecoderBlock(32, 4, 64, bias=False)
     assert all("bias" not in name for name, _ in block.named_parameters())
     assert block(torch.randn(1, 3, 32)).shape == (1, 3, 32)
+
+
+def saved_tensor_bytes(fn):
+    """Bytes autograd keeps for backward while fn() runs (deterministic, unlike process memory)."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.data_ptr(), t.shape, t.stride())] = t.numel() * t.element_size()  # a shared tensor counts once
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_gradient_checkpointing_same_gradients_less_saved_memory(dropout):
+    torch.manual_seed(0)
+    decoder = GPT2Decoder(num_layers=3, embedding_dim=32, num_heads=4, dropout=dropout, max_seq_len=16)
+    x = torch.randn(2, 16, 32, requires_grad=True)
+    results = {}
+    for recompute in (False, True):
+        decoder.gradient_checkpointing = recompute
+        decoder.zero_grad(set_to_none=True)
+        x.grad = None
+        torch.manual_seed(1)  # the same dropout masks; checkpoint replays them in the recompute
+        out, saved = saved_tensor_bytes(lambda: decoder(x))
+        out.pow(2).mean().backward()
+        grads = [x.grad.clone()] + [p.grad.clone() for p in decoder.parameters()]
+        results[recompute] = (out.detach(), grads, saved)
+    (out_plain, grads_plain, saved_plain), (out_ckpt, grads_ckpt, saved_ckpt) = results[False], results[True]
+    torch.testing.assert_close(out_ckpt, out_plain, atol=1e-6, rtol=1e-6)
+    for a, b in zip(grads_ckpt, grads_plain, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    assert saved_ckpt < saved_plain / 3  # only each block's input survives the forward
+
+
+def test_gradient_checkpointing_off_in_eval_and_no_grad():
+    decoder = GPT2Decoder(num_layers=2, embedding_dim=16, num_heads=2, max_seq_len=8)
+    decoder.gradient_checkpointing = True
+    x = torch.randn(1, 8, 16, requires_grad=True)
+    decoder.eval()
+    _, saved_eval = saved_tensor_bytes(lambda: decoder(x))
+    decoder.gradient_checkpointing = False
+    _, saved_plain = saved_tensor_bytes(lambda: decoder(x))
+    assert saved_eval == saved_plain  # eval mode: plain forward (checkpointing is for training only)

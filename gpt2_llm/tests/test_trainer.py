@@ -324,3 +324,14 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
     args = type("Args", (), {"log": str(tmp_path / "log.jsonl"), "output": str(tmp_path / "x.png")})
     with pytest.raises(UserError, match="pip install matplotlib"):
         plot_command.run(args)
+
+
+def test_grad_checkpoint_trains_the_same(vocab, corpus):
+    """--grad-checkpoint trades compute for memory; the losses and weights stay the same."""
+    trainers = [micro_trainer(vocab, grad_checkpoint=flag) for flag in (False, True)]
+    assert trainers[1].model.decoder.gradient_checkpointing
+    data = trainers[0].load_data(corpus)
+    losses = [[t.train_step(data, 1e-3)[0] for _ in range(2)] for t in trainers]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    for a, b in zip(trainers[0].model.parameters(), trainers[1].model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -1,0 +1,104 @@
+"""distributed.py: `torchrun main.py train` on 2 CPU processes (gloo), with DDP or --fsdp, trains
+exactly like one process with the doubled batch, and its checkpoints resume in one process.
+
+Micro models (2 layers, width 32, context 32), fp32, dropout 0: the only differences left are the
+order of float additions in the gradient all-reduce.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bpe import BPE
+from gpt2_llm import checkpoint
+from gpt2_llm.distributed import DistributedContext, rank_slice
+
+REPO = Path(__file__).resolve().parents[2]
+MAIN = str(REPO / "main.py")
+MICRO = ["--layers", "2", "--dim", "32", "--heads", "2", "--context", "32", "--dtype", "fp32", "--device", "cpu",
+         "--lr", "3e-3", "--warmup", "1", "--eval-interval", "1000", "--eval-tokens", "256", "--no-progress"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dist")
+    path = folder / "corpus.txt"
+    path.write_text((REPO / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:30_000], encoding="utf-8")
+    bpe = BPE(str(folder / "vocab.txt"))
+    bpe.set_vocab_size(300)
+    bpe.create_vocab(path.read_text(encoding="utf-8"), verbose=False)
+    bpe.save()
+    return path
+
+
+def train(corpus, *args, processes=1):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    command = [*(launcher if processes > 1 else [sys.executable]), MAIN, "train", corpus, corpus.parent / "vocab.txt",
+               *args, *MICRO]
+    result = subprocess.run(list(map(str, command)), cwd=corpus.parent, capture_output=True, text=True, timeout=300,
+                            env=ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def weights(path):
+    tensors, metadata = checkpoint.load_checkpoint(path)
+    return {k: v for k, v in tensors.items() if not k.startswith(("optimizer/", "rng/"))}, metadata
+
+
+def assert_same_weights(a, b):
+    (wa, _), (wb, _) = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=2e-5, rtol=1e-4, msg=key)
+
+
+def test_rank_slice_splits_the_global_batch():
+    batch = torch.arange(8)[:, None]
+    parts = [rank_slice(batch, DistributedContext(rank, 2, rank)) for rank in range(2)]
+    assert torch.equal(torch.cat(parts), batch)
+
+
+STEPS = ["--max-steps", "3", "--grad-accum", "2"]
+RESUME = ["--max-steps", "2", "--grad-accum", "2"]
+
+
+@pytest.fixture(scope="module")
+def single(corpus):
+    """One process, batch 8: a checkpoint after 3 steps, and after 2 more in a resumed run."""
+    start, resumed = corpus.parent / "single_start.pt", corpus.parent / "single_resumed.pt"
+    train(corpus, *STEPS, "--batch-size", "8", "--save", start)
+    train(corpus, start, *RESUME, "--batch-size", "8", "--save", resumed)
+    return start, resumed
+
+
+@pytest.mark.parametrize("strategy", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_two_processes_match_one_with_double_batch_and_resume_in_one(corpus, single, strategy):
+    two = corpus.parent / f"two{len(strategy)}.pt"
+    out_two = train(corpus, *STEPS, "--batch-size", "4", "--save", two, *strategy, processes=2)
+    assert out_two.count("Done at step 3") == 1  # only rank 0 talks
+    assert "x 2 processes" in out_two
+    assert_same_weights(single[0], two)
+    _, metadata = weights(two)
+    assert metadata["training"]["tokens_seen"] == 3 * 2 * 4 * 2 * 32  # steps x ranks x batch x accum x context
+    # The distributed checkpoint resumes in a single process (batch 8 = 2 x 4) exactly like the single one.
+    train(corpus, two, *RESUME, "--batch-size", "8")
+    assert_same_weights(single[1], two)
+
+
+@pytest.mark.parametrize("strategy", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_one_process_checkpoint_resumes_in_two(corpus, single, strategy):
+    two = corpus.parent / f"resumed_in_two{len(strategy)}.pt"
+    train(corpus, single[0], *RESUME, "--batch-size", "4", "--save", two, *strategy, processes=2)
+    assert_same_weights(single[1], two)  # optimizer moments and batch generator carried over as well
+
+
+def test_fsdp_without_torchrun_is_a_clear_error(corpus):
+    result = subprocess.run([sys.executable, MAIN, "train", str(corpus), str(corpus.parent / "vocab.txt"), "--fsdp",
+                             *MICRO], cwd=corpus.parent, capture_output=True, text=True, timeout=120, env=ENV)
+    assert result.returncode == 2 and "torchrun" in result.stderr
+
