@@ -15,21 +15,6 @@ from gpt2_llm.errors import UserError
 RULE = "=" * 60
 
 
-def load_vocab(path):
-    """A vocab file, or a Hugging Face directory with GPT-2's vocab.json + merges.txt."""
-    from bpe import BPE
-
-    if os.path.isdir(path):
-        encoder, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
-        if not (os.path.isfile(encoder) and os.path.isfile(merges)):
-            raise UserError(f"{path} is a directory without vocab.json and merges.txt; pass a vocab file")
-        return BPE.from_gpt2(encoder, merges)
-    bpe = BPE(path)
-    if not bpe.load():
-        raise UserError(f"vocab file {path} not found; create one with: python main.py tokenize <file>")
-    return bpe
-
-
 def load_model_info(path):
     """-> (GPT2Config, parameter count, metadata) without building the model."""
     from gpt2_llm import checkpoint, hf_interop
@@ -65,12 +50,14 @@ def compatibility_problems(bpe, config, metadata):
 
 
 def report(checkpoint_path, vocab_path, out=print):
+    from gpt2_llm.commands.tokenizer_commands import load_vocab
+
     out(RULE)
     out("Checkpoint and Vocabulary Diagnostic")
     out(RULE)
     out("")
     out(f"1. Checking vocabulary: {vocab_path}")
-    bpe = load_vocab(vocab_path)
+    bpe = load_vocab(vocab_path)  # a vocab file, or a directory with GPT-2's vocab.json + merges.txt
     out("   ✓ Vocabulary loaded successfully")
     out(f"   Number of tokens: {bpe.vocab_size}")
     out(f"   Model vocabulary size: {bpe.get_model_vocab_size()} (for embedding layer)")

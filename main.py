@@ -1,10 +1,12 @@
-"""gpt2-llm command line: tokenize, encode, decode, train, predict, plot.
+"""gpt2-llm command line: tokenize, encode, decode, train, predict, finetune, merge, plot.
 
     python main.py tokenize <file>                 # learn a BPE vocabulary -> vocab.txt
     python main.py encode <text> [vocab]           # text -> JSON list of ids
     python main.py decode <json_ids> [vocab]       # ids -> text
     python main.py train [file] [vocab] [checkpoint]
     python main.py predict <prompt> <num_tokens> [model] [vocab]
+    python main.py finetune <file> [vocab] --base CHECKPOINT | --pretrained DIR
+    python main.py merge <adapter> [vocab]
 
 Each command lives in gpt2_llm/commands/<name>.py, which adds its own arguments and runs it.
 Mistakes a user can make surface as one line on stderr and exit code 2, never a traceback.
@@ -21,6 +23,8 @@ COMMANDS = {
     "decode": ("tokenizer_commands", "decode a JSON list of token ids into text"),
     "train": ("train_command", "train a GPT-2 model (or resume from a checkpoint)"),
     "predict": ("predict_command", "generate text from a prompt"),
+    "finetune": ("finetune_command", "fine-tune a trained model on new text: LoRA adapters, or --full"),
+    "merge": ("merge_command", "fold a LoRA adapter into a whole checkpoint"),
     "plot": ("plot_command", "plot the loss curves of a training metrics log"),
 }
 

@@ -52,8 +52,8 @@ def write_safetensors(path, tensors: dict[str, torch.Tensor], header: dict[str, 
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         os.close(fd)
+        save_file(tensors, tmp, metadata=header)  # (re)creates the file: set its mode afterwards
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a checkpoint is an ordinary file
-        save_file(tensors, tmp, metadata=header)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
@@ -157,6 +157,9 @@ def model_tensors(model, state_dict: dict | None = None) -> dict[str, torch.Tens
 
 
 def config_from_metadata(metadata: dict, path) -> GPT2Config:
+    if "adapter" in metadata and "config" not in metadata:
+        raise UserError(f"{path} is a LoRA adapter file, not a model: apply it to its base model with "
+                        f"`predict ... --adapter {path}`, or fold it into one with `merge {path}`")
     if "config" not in metadata:
         raise UserError(f"checkpoint {path} has no model config in its metadata; re-save it with model.save")
     return GPT2Config.from_dict(metadata["config"])

@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from tqdm import tqdm
 
-from gpt2_llm import checkpoint, distributed
+from gpt2_llm import checkpoint, distributed, lora
 from gpt2_llm.data import TokenDataset, load_tokens, token_byte_lengths, vocab_fingerprint
 from gpt2_llm.device import (autocast, dtype_name, explicit_attention_is_faster, keep_freed_memory_on_cpu, pick_device,
                              pick_dtype)
@@ -62,6 +62,7 @@ class TrainingConfig:
     eval_interval: int = 250  # steps between evaluations (and checkpoints)
     eval_tokens: int = 32768  # val tokens scored per evaluation: the same windows every time
     sample_tokens: int = 48  # tokens of sample text printed at each evaluation; 0 for none
+    eval_at_start: bool = False  # also evaluate before a new run's first step (fine-tuning: the base's score)
     dtype: str | None = None  # fp32, bf16, fp16; None: bf16 where the hardware has it (then saved as chosen)
     # Where and how to run: these describe this machine, not the run, so a resume may change them.
     device: str | None = None  # None: cuda, then mps, then cpu
@@ -101,10 +102,14 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, model: GPT2, bpe, max_seq_len: int, batch_size: int, learning_rate: float,
-                 distributed_context: distributed.DistributedContext | None = None, **options):
+                 distributed_context: distributed.DistributedContext | None = None, adapter: dict | None = None,
+                 **options):
         """options: any TrainingConfig field (grad_accum, warmup_steps, dtype, device, seed, ...).
 
         distributed_context: from distributed.start() under torchrun; batch_size is then per rank.
+        adapter: lora.adapter_metadata(...) when model carries LoRA adapters (lora.add_lora): only
+        they train (the optimizer holds just the parameters that require grad), and checkpoints
+        are adapter files, holding the adapters alone.
         """
         self.config = config = TrainingConfig(max_seq_len, batch_size, learning_rate, **options)
         if config.context_length > model.config.max_seq_len:
@@ -117,6 +122,7 @@ class Trainer:
                 "embedding rows; build the model with vocab_size=bpe.get_model_vocab_size()"
             )
         self.bpe = bpe
+        self.adapter = adapter
         self.distributed = distributed_context
         if distributed_context is None:
             self.device = pick_device(config.device)
@@ -177,6 +183,13 @@ class Trainer:
         check_vocab_matches(bpe, metadata, config, path)  # before any id can index past the embedding
         model = GPT2.from_config(config)
         checkpoint.copy_model_tensors(model, tensors, metadata, path)
+        return cls.resume(model, bpe, tensors, metadata, **options)
+
+    @classmethod
+    def resume(cls, model: GPT2, bpe, tensors: dict, metadata: dict, **options) -> "Trainer":
+        """A trainer for model (its weights already loaded from the checkpoint) that continues the
+        checkpoint's run: its training settings, optimizer, schedule position and RNG states."""
+        config = model.config
         known = {f.name for f in fields(TrainingConfig)}
         settings = {**{k: v for k, v in metadata.get("train_args", {}).items() if k in known}, **options}
         settings.setdefault("context_length", config.max_seq_len)
@@ -287,6 +300,11 @@ class Trainer:
         self.model.train()
         with GracefulStop() as signals, MetricsLog(config.log_file if self.is_main_process else None) as log, \
                 self.progress_bar() as bar:
+            if config.eval_at_start and state.step == state.run_start_step and len(data.val) and \
+                    (self.is_main_process or self.sharded):
+                val_loss, val_bpb = self.evaluate(data)
+                self.say(f"step {state.step} (before training): val loss {val_loss:.4f}, val bits/byte {val_bpb:.4f}")
+                log.write(dict(step=state.step, val_loss=val_loss, val_bpb=val_bpb))
             while stop_reason is None:
                 lr = self.learning_rate()
                 start = time.perf_counter()
@@ -346,8 +364,11 @@ class Trainer:
                 self.say(f"The checkpoint's run is complete; starting a new run of {steps} steps "
                          "with a fresh warmup and cosine schedule")
         n = self.model.num_parameters()
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        what = f"a {n / 1e6:.2f}M-parameter model" + (
+            f" ({trainable / 1e6:.3f}M trainable: {100 * trainable / n:.2f}%)" if trainable != n else "")
         self.say(
-            f"Training a {n / 1e6:.2f}M-parameter model on {self.device.type} ({dtype_name(self.dtype)}): "
+            f"Training {what} on {self.device.type} ({dtype_name(self.dtype)}): "
             f"{len(data.train):,} train / {len(data.val):,} val tokens; one epoch = {steps_per_epoch:,} steps "
             f"of {config.batch_size}x{config.grad_accum}x{config.context_length} tokens"
             + (f" x {self.world_size} processes" if self.distributed is not None else "") + "; "
@@ -434,12 +455,17 @@ class Trainer:
         else:
             weights = checkpoint.model_tensors(self.model)
             optimizer_tensors, optimizer_meta = optimizer_state_tensors(self.optimizer, self.model)
+        if self.adapter is not None:  # an adapter file: the frozen base is the user's already
+            weights = lora.adapter_tensors(self.model, weights)
         if not all(t.isfinite().all() for t in weights.values() if t.is_floating_point()):
             raise UserError(f"refusing to save non-finite weights to {path}; the previous checkpoint was kept")
         rng_tensors, rng_meta = rng_states(self.batch_generator)
         tensors = {**weights, **optimizer_tensors, **rng_tensors}
+        # An adapter file carries its base's config inside "adapter", and no "config": loading it
+        # as a model then fails with a message that says what it is (checkpoint.config_from_metadata).
+        described = {"config": self.model.config.to_dict()} if self.adapter is None else {"adapter": self.adapter}
         metadata = {
-            "config": self.model.config.to_dict(),
+            **described,
             "vocab": {"fingerprint": vocab_fingerprint(self.bpe), "size": self.bpe.vocab_size},
             "training": asdict(self.state),
             "train_args": self.config.run_settings(),

@@ -27,8 +27,8 @@ def run(args):
     except ImportError:
         raise UserError("plot needs matplotlib: pip install matplotlib") from None
 
-    steps = [r["step"] for r in records]
-    losses = [r["loss"] for r in records]
+    steps = [r["step"] for r in records if "loss" in r]  # an evaluation before training has no train loss
+    losses = [r["loss"] for r in records if "loss" in r]
     evals = [r for r in records if "val_loss" in r]
     fig, (ax_loss, ax_bpb) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(steps, losses, alpha=0.35, label="train loss (per step)")

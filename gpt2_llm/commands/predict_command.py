@@ -2,6 +2,7 @@
 
     python main.py predict "ROMEO:" 200                         # gpt2_model.pt + vocab.txt
     python main.py predict "Hello" 50 --pretrained gpt2/ --temperature 0 --quantize int8
+    python main.py predict "ROMEO:" 200 --adapter adapter.safetensors   # gpt2_model.pt + a LoRA adapter
 
 The prompt is echoed, then each token's text is printed as soon as it is complete (see
 text_stream.py). Generation ends after num_tokens, at <|endoftext|>, or at a --stop string (which
@@ -9,13 +10,10 @@ is not printed). --beam N searches instead of sampling and prints the best beam 
 Flag values are checked here, so that a bad one is a one-line error (exit 2), not a traceback.
 """
 import math
-import os
 import sys
 
 from gpt2_llm.errors import UserError
 
-DEFAULT_MODEL = "gpt2_model.pt"
-DEFAULT_VOCAB = "vocab.txt"
 MAX_NEW_TOKENS = 100_000  # beyond this a typo is likelier than a wish (and it would run for hours)
 MAX_BEAMS = 64
 MAX_SAMPLES = 1000
@@ -25,9 +23,9 @@ DTYPE_NAMES = ("fp32", "bf16")
 def add_arguments(name, parser):
     parser.add_argument("prompt", help='text to continue ("" starts from <|endoftext|>)')
     parser.add_argument("num_tokens", help="number of tokens to generate")
-    parser.add_argument("model", nargs="?", default=None, help=f"checkpoint file (default: {DEFAULT_MODEL})")
+    parser.add_argument("model", nargs="?", default=None, help="checkpoint file (default: gpt2_model.pt)")
     parser.add_argument("vocab", nargs="?", default=None,
-                        help=f"vocab file the model was trained with (default: {DEFAULT_VOCAB})")
+                        help="vocab file the model was trained with (default: vocab.txt)")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--temperature", default="0.8", help="softmax temperature; 0 = greedy (default 0.8)")
     sampling.add_argument("--top-k", default="40",
@@ -47,6 +45,10 @@ def add_arguments(name, parser):
     where.add_argument("--pretrained", metavar="DIR", default=None,
                        help="a Hugging Face GPT-2 directory (config.json, model.safetensors or pytorch_model.bin, "
                             "vocab.json, merges.txt) instead of a checkpoint and vocab")
+    where.add_argument("--adapter", metavar="FILE", default=None,
+                       help="a LoRA adapter file (what `finetune` writes) to apply to the model (default model: the "
+                            "base the adapter was trained on); it is merged into the weights, so generation runs "
+                            "at the base model's speed")
     where.add_argument("--dtype", default=None, help="fp32 or bf16 weights (default: fp32; bf16 with --quantize)")
     where.add_argument("--quantize", default=None, metavar="int8",
                        help="int8: weight-only int8 Linear layers, ~4x fewer bytes per token than fp32 (CPU)")
@@ -57,11 +59,19 @@ def run(args):
     options = parse_options(args)  # every flag checked before the (slow) model load
     import torch
 
+    from gpt2_llm.commands.model_files import apply_adapter, load_adapter_file, load_model_and_vocab, recorded_base
+    from gpt2_llm.lora import merge_lora
     from gpt2_llm.device import DTYPES, pick_device
     from gpt2_llm.quantize import prepare_for_decoding
 
     device = pick_device(args.device)
-    model, bpe = load_model_and_vocab(args.model, args.vocab, args.pretrained)
+    adapter = load_adapter_file(args.adapter) if args.adapter else None  # a wrong file fails before the model loads
+    model_path, pretrained = args.model, args.pretrained
+    if adapter is not None and model_path is None and pretrained is None:  # the base the adapter was trained on
+        model_path, pretrained = recorded_base(adapter[1], args.adapter)
+    model, bpe = load_model_and_vocab(model_path, args.vocab, pretrained)
+    if adapter is not None:
+        model = merge_lora(apply_adapter(model, bpe, args.adapter, *adapter))
     model = prepare_for_decoding(model, device, DTYPES[options["dtype"]], options["quantize"])
     prompt_ids = encode_prompt(args.prompt, bpe, model.config.max_seq_len)
     prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
@@ -119,56 +129,6 @@ def beam_texts(model, prompt, bpe, options) -> list[str]:
         tokens = beam.tokens[:-1] if beam.tokens and beam.tokens[-1] == bpe.eot_id else beam.tokens
         texts.append("".join(stream.push(t) for t in tokens) + stream.finish())
     return texts
-
-
-# --- loading ------------------------------------------------------------------------------------
-
-
-def load_model_and_vocab(model_path, vocab_path, pretrained):
-    """-> (GPT2, BPE) from a checkpoint + vocab file, or from a Hugging Face directory."""
-    from bpe import BPE
-    from gpt2_llm import checkpoint
-    from gpt2_llm.commands.tokenizer_commands import load_vocab
-    from gpt2_llm.gpt2 import GPT2
-
-    if pretrained is not None:
-        if model_path is not None or vocab_path is not None:
-            raise UserError("give either a checkpoint and vocab file or --pretrained DIR, not both")
-        if not os.path.isdir(pretrained):
-            raise UserError(f"--pretrained {pretrained}: no such directory; pass a Hugging Face GPT-2 directory")
-        files = [os.path.join(pretrained, name) for name in ("vocab.json", "merges.txt")]
-        missing = [os.path.basename(f) for f in files if not os.path.isfile(f)]
-        if missing:
-            raise UserError(f"--pretrained {pretrained} has no {' or '.join(missing)}: the GPT-2 tokenizer files "
-                            "(encoder.json and vocab.bpe under Hugging Face's names) must be in the directory")
-        model, bpe = GPT2.from_pretrained(pretrained), BPE.from_gpt2(*files)
-        check_vocab_fits(bpe, model.config, pretrained)
-        return model, bpe
-
-    model_path = model_path or DEFAULT_MODEL
-    if not os.path.exists(model_path):
-        raise UserError(f"model file {model_path} not found; train one with: python main.py train "
-                        "(or pass a checkpoint path, or --pretrained DIR)")
-    bpe = load_vocab(vocab_path or DEFAULT_VOCAB)
-    tensors, metadata = checkpoint.load_checkpoint(model_path)
-    config = checkpoint.config_from_metadata(metadata, model_path)
-    saved = metadata.get("vocab")  # written by the trainer; a plain model.save has none
-    if saved and saved.get("fingerprint") != bpe.fingerprint():
-        raise UserError(
-            f"{model_path} was trained with a different vocabulary ({saved.get('size')} tokens) than "
-            f"{bpe.vocab_path} ({bpe.vocab_size} tokens): the same ids would mean other text; pass the vocab "
-            "file it was trained with"
-        )
-    check_vocab_fits(bpe, config, model_path)
-    model = GPT2.from_config(config)
-    checkpoint.copy_model_tensors(model, tensors, metadata, model_path)
-    return model, bpe
-
-
-def check_vocab_fits(bpe, config, source) -> None:
-    if bpe.vocab_size > config.vocab_size:
-        raise UserError(f"the vocab has {bpe.vocab_size} tokens but the model in {source} only {config.vocab_size}; "
-                        "use the vocab file the model was trained with")
 
 
 def encode_prompt(prompt: str, bpe, context: int) -> list[int]:

@@ -28,13 +28,25 @@ def add_arguments(name, parser):
 
 
 def load_vocab(path):
-    """Load a vocab file or explain how to make one."""
+    """Load a vocab file (or a Hugging Face directory with GPT-2's vocab.json + merges.txt), or explain
+    how to make one."""
     bpe = BPE(path)
     if os.path.isdir(path):
-        raise UserError(f"{path} is a directory, not a vocab file")
+        return load_gpt2_directory_vocab(path, path)
     if not bpe.load():
         raise UserError(f"vocab file {path} not found; create one with: python main.py tokenize <file> --output {path}")
     return bpe
+
+
+def load_gpt2_directory_vocab(directory, what):
+    """GPT-2's tokenizer from a Hugging Face directory (vocab.json + merges.txt, which are OpenAI's
+    encoder.json and vocab.bpe renamed); what names the directory in messages."""
+    files = [os.path.join(directory, name) for name in ("vocab.json", "merges.txt")]
+    missing = [os.path.basename(f) for f in files if not os.path.isfile(f)]
+    if missing:
+        raise UserError(f"{what} has no {' or '.join(missing)}: pass a vocab file, or a directory with GPT-2's "
+                        "tokenizer files (encoder.json and vocab.bpe under Hugging Face's names)")
+    return BPE.from_gpt2(*files, vocab_path=directory)
 
 
 def save_vocab(bpe):

@@ -66,6 +66,11 @@ def add_arguments(name, parser):
                        help="rotary position embeddings instead of a learned position table")
     shape.add_argument("--vocab-size", type=int,
                        help="size of a vocab created here (default: recommended for the file)")
+    add_training_arguments(parser, f"the checkpoint being resumed, else {DEFAULT_SAVE}")
+
+
+def add_training_arguments(parser, default_save):
+    """The flags of how to train, shared by `train` and `finetune`."""
     length = parser.add_argument_group("how long")
     length.add_argument("--epochs", type=float, default=1.0,
                         help="passes over the train tokens (default 1); "
@@ -98,16 +103,21 @@ def add_arguments(name, parser):
     evaluation.add_argument("--eval-tokens", type=int, help="val tokens scored per evaluation (always the same ones)")
     evaluation.add_argument("--log-file", metavar="PATH", help="append JSON-lines metrics here (see `plot`)")
     evaluation.add_argument("--save", metavar="PATH",
-                            help=f"checkpoint to write (default: the checkpoint being resumed, else {DEFAULT_SAVE})")
+                            help=f"checkpoint to write (default: {default_save})")
     evaluation.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and CI)")
 
 
 def run(args):
+    return run_in_process_group(train, args)
+
+
+def run_in_process_group(command, args):
+    """command(args, context) inside torchrun's process group (context None in a plain process)."""
     from gpt2_llm import distributed
 
     context = distributed.start(args.device)
     try:
-        exit_code = train(args, context)
+        exit_code = command(args, context)
         distributed.wait_for_all(context)  # leave together: a rank tearing down its group early can abort a peer
         return exit_code
     finally:
@@ -125,10 +135,7 @@ def train(args, context):
     check_can_save(args.save or args.checkpoint or DEFAULT_SAVE)  # before training, not after
     with distributed.main_process_first(context):  # rank 0 creates a missing vocab; the others then load it
         bpe = ensure_vocab(args.vocab, text_path, args.vocab_size, resuming=args.checkpoint is not None)
-    options = {field: getattr(args, flag) for flag, field in TRAINING_FLAGS.items() if getattr(args, flag) is not None}
-    options["progress"] = not args.no_progress
-    if context is not None:
-        options["distributed_context"] = context
+    options = training_options(args, context)
     if args.checkpoint:
         trainer = Trainer.from_checkpoint(args.checkpoint, bpe, **options)
         check_architecture_flags(args, trainer.model.config)
@@ -137,11 +144,24 @@ def train(args, context):
         trainer = new_trainer(args, bpe, options)
         save_path = args.save or DEFAULT_SAVE
     result = trainer.train(text_path, args.epochs, save_path, args.max_steps, args.max_time)
+    return report_result(result, save_path, is_main_process, f"python main.py train {text_path} {args.vocab} {save_path}")
+
+
+def training_options(args, context) -> dict:
+    """Trainer options from the flags given (those left out fall back to a checkpoint, then a preset)."""
+    options = {field: getattr(args, flag) for flag, field in TRAINING_FLAGS.items() if getattr(args, flag) is not None}
+    options["progress"] = not args.no_progress
+    if context is not None:
+        options["distributed_context"] = context
+    return options
+
+
+def report_result(result, save_path, is_main_process, resume_command) -> int:
+    """Print how the run ended -> the exit code (128 + signal when interrupted)."""
     if not is_main_process:
         return 0 if result.stop_reason != "interrupted" else 128 + result.signal_number
     if result.stop_reason == "interrupted":
-        print(f"Interrupted at step {result.steps}; saved {save_path}. Resume with: "
-              f"python main.py train {text_path} {args.vocab} {save_path}")
+        print(f"Interrupted at step {result.steps}; saved {save_path}. Resume with: {resume_command}")
         return 128 + result.signal_number
     summary = f"Done at step {result.steps}"
     if result.val_bpb is not None:

