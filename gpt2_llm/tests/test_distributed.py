@@ -35,10 +35,10 @@ def corpus(tmp_path_factory):
     return path
 
 
-def train(corpus, *args, processes=1):
+def train(corpus, *args, processes=1, command="train", shape=MICRO):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    command = [*(launcher if processes > 1 else [sys.executable]), MAIN, "train", corpus, corpus.parent / "vocab.txt",
-               *args, *MICRO]
+    command = [*(launcher if processes > 1 else [sys.executable]), MAIN, command, corpus, corpus.parent / "vocab.txt",
+               *args, *shape]
     result = subprocess.run(list(map(str, command)), cwd=corpus.parent, capture_output=True, text=True, timeout=300,
                             env=ENV)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -102,3 +102,22 @@ def test_fsdp_without_torchrun_is_a_clear_error(corpus):
                              *MICRO], cwd=corpus.parent, capture_output=True, text=True, timeout=120, env=ENV)
     assert result.returncode == 2 and "torchrun" in result.stderr
 
+
+
+FINETUNE = MICRO[6:]  # finetune takes its shape from the base: no --layers/--dim/--heads
+
+
+@pytest.mark.parametrize("strategy", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_lora_fine_tuning_in_two_processes_matches_one(corpus, single, strategy):
+    """Frozen base weights beside trainable adapters in every block: DDP skips them, FSDP shards them."""
+    one, two = corpus.parent / "lora_one.safetensors", corpus.parent / f"lora_two{len(strategy)}.safetensors"
+    base = ["--base", single[0], *STEPS, "--lora-rank", "4"]
+    if not one.exists():
+        train(corpus, *base, "--batch-size", "8", "--save", one, command="finetune", shape=FINETUNE)
+    out = train(corpus, *base, "--batch-size", "4", "--save", two, *strategy, processes=2, command="finetune",
+                shape=FINETUNE)
+    assert out.count("Done at step 3") == 1
+    (adapters, metadata), (expected, _) = weights(two), weights(one)
+    assert adapters.keys() == expected.keys() and all(".lora_" in key for key in adapters)
+    assert "adapter" in metadata
+    assert_same_weights(one, two)
