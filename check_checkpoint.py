@@ -16,15 +16,20 @@ RULE = "=" * 60
 
 
 def load_model_info(path):
-    """-> (GPT2Config, parameter count, metadata) without building the model."""
-    from gpt2_llm import checkpoint, hf_interop
+    """-> (GPT2Config, parameter count, metadata) without building the model; for a LoRA adapter file
+    the config is its base's and the count the adapter's."""
+    from gpt2_llm import checkpoint, hf_interop, lora
+    from gpt2_llm.config import GPT2Config
 
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
         config, tensors = hf_interop.read_hf_gpt2(path)
         metadata = {"source": "Hugging Face GPT-2 directory"}
     else:
         tensors, metadata = checkpoint.load_checkpoint(path)
-        config = checkpoint.config_from_metadata(metadata, path)
+        if "adapter" in metadata:  # a LoRA adapter file: describe the base it adapts
+            config = GPT2Config.from_dict(lora.read_adapter_metadata(metadata, path)["base_config"])
+        else:
+            config = checkpoint.config_from_metadata(metadata, path)
         tensors = {key: t for key, t in tensors.items() if "/" not in key}  # model weights only
     # The tied head is stored once (as the token embedding), so this counts it once.
     num_parameters = sum(t.numel() for key, t in tensors.items() if key != "lm_head.weight")
@@ -73,7 +78,16 @@ def report(checkpoint_path, vocab_path, out=print):
     out(f"   Attention heads: {config.num_heads}")
     out(f"   Max sequence length: {config.max_seq_len}")
     out(f"   Positions: {'rotary (RoPE)' if config.use_rope else 'learned'}")
-    out(f"   Total parameters: {num_parameters:,}")
+    adapter = metadata.get("adapter")
+    if adapter:
+        lora_config = adapter["lora"]
+        base = " ".join(f"--{'base' if kind == 'checkpoint' else kind} {where}"
+                        for kind, where in (adapter.get("base") or {}).items())
+        out(f"   LoRA adapter: rank {lora_config['rank']}, alpha {lora_config['alpha']:g}, targets "
+            f"{','.join(lora_config['targets'])}; {num_parameters:,} adapter parameters")
+        out(f"   Base model (shape above): {base or 'not recorded'}")
+    else:
+        out(f"   Total parameters: {num_parameters:,}")
     training = metadata.get("training") or {}
     if "step" in training:
         out(f"   Training step: {training['step']:,} ({training.get('tokens_seen', 0):,} tokens seen)")

@@ -62,6 +62,11 @@ def test_lora_finetune_then_predict_with_the_adapter_equals_predict_with_the_mer
     code, base, _ = main("predict", "def", 12, "base.pt", "vocab.txt", *sampled, cwd=workdir)
     assert base != with_adapter  # six steps did change what the model says
 
+    report = subprocess.run([sys.executable, str(ROOT / "check_checkpoint.py"), "adapter.safetensors", "vocab.txt"],
+                            capture_output=True, text=True, cwd=workdir, timeout=120)
+    assert report.returncode == 0 and "LoRA adapter: rank 4, alpha 16" in report.stdout
+    assert "Base model (shape above): --base base.pt" in report.stdout and "compatible" in report.stdout
+
     # Resume: the adapter file carries the run; a longer --max-steps is a new run on top of it.
     code, out, err = main("finetune", "new.txt", "vocab.txt", "adapter.safetensors", *FAST[:1], 3, *FAST[2:],
                           cwd=workdir)
