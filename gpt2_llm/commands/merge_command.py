@@ -2,13 +2,18 @@
 
     python main.py merge adapter.safetensors                         # its recorded base -> merged_model.pt
     python main.py merge adapter.safetensors gpt2/ --pretrained gpt2/ --output shakespeare_gpt2.pt
+    python main.py merge adapter.safetensors --hf --output shakespeare_gpt2/   # a Hugging Face directory
 
 Each adapted weight becomes W + (alpha / r) B A (see lora.py): the merged model computes what base +
 adapter computed, needs no adapter at run time, and can be trained on, quantized or exported.
 """
+import os
+import shutil
+
 from gpt2_llm.errors import UserError
 
 DEFAULT_OUTPUT = "merged_model.pt"
+DEFAULT_HF_OUTPUT = "merged_model"
 
 
 def add_arguments(name, parser):
@@ -17,8 +22,12 @@ def add_arguments(name, parser):
                         help="the base's vocab file (default: vocab.txt; with --pretrained its own)")
     parser.add_argument("--base", metavar="CHECKPOINT", help="base checkpoint (default: the one the adapter recorded)")
     parser.add_argument("--pretrained", metavar="DIR", help="base Hugging Face GPT-2 directory")
-    parser.add_argument("--output", "-o", default=DEFAULT_OUTPUT,
-                        help=f"whole checkpoint to write (default: {DEFAULT_OUTPUT})")
+    parser.add_argument("--output", "-o", default=None,
+                        help=f"whole checkpoint to write (default: {DEFAULT_OUTPUT}; with --hf the directory "
+                             f"{DEFAULT_HF_OUTPUT})")
+    parser.add_argument("--hf", action="store_true",
+                        help="write a Hugging Face GPT-2 directory instead (config.json + model.safetensors, and "
+                             "vocab.json + merges.txt when the base is a --pretrained directory)")
 
 
 def run(args):
@@ -31,21 +40,44 @@ def run(args):
 
     if args.base is not None and args.pretrained is not None:
         raise UserError("give --base CHECKPOINT or --pretrained DIR, not both")
-    check_can_save(args.output)
+    output = args.output or (DEFAULT_HF_OUTPUT if args.hf else DEFAULT_OUTPUT)
+    if args.hf:
+        if os.path.isfile(output):
+            raise UserError(f"--hf writes a directory, but {output} is a file; pass another --output")
+    else:
+        check_can_save(output)
     tensors, metadata = load_adapter_file(args.adapter)
     base_path, pretrained = args.base, args.pretrained
     if base_path is None and pretrained is None:
         base_path, pretrained = recorded_base(metadata, args.adapter)
     model, bpe = load_base(base_path, args.vocab, pretrained)
     model = merge_lora(apply_adapter(model, bpe, args.adapter, tensors, metadata))
-    saved_vocab = {"vocab": metadata["vocab"]} if "vocab" in metadata else {}
     try:
-        model.save(args.output, metadata={**saved_vocab, "merged_from": {"adapter": args.adapter,
-                                                                          **(metadata["adapter"].get("base") or {})}})
+        if args.hf:
+            write_hf_directory(model, output, pretrained)
+        else:
+            saved_vocab = {"vocab": metadata["vocab"]} if "vocab" in metadata else {}
+            merged_from = {"adapter": args.adapter, **(metadata["adapter"].get("base") or {})}
+            model.save(output, metadata={**saved_vocab, "merged_from": merged_from})
     except (OSError, SafetensorError) as error:  # safetensors reports a full disk as SafetensorError
         reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-        raise UserError(f"cannot write {args.output}: {reason}; nothing was changed") from None
-    vocab = args.vocab or pretrained or "vocab.txt"
-    print(f"Merged {args.adapter} into {pretrained or base_path}; saved {args.output}. "
-          f"Try: python main.py predict \"...\" 50 {args.output} {vocab}")
+        kept = "" if args.hf else "; nothing was changed"
+        raise UserError(f"cannot write {output}: {reason}{kept}") from None
+    if args.hf:
+        how = (f'python main.py predict "..." 50 --pretrained {output}' if pretrained
+               else f"transformers' GPT2LMHeadModel.from_pretrained({output!r}) (the vocabulary is ours, not GPT-2's)")
+        print(f"Merged {args.adapter} into {pretrained or base_path}; saved the directory {output}. Try: {how}")
+    else:
+        vocab = args.vocab or pretrained or "vocab.txt"
+        print(f"Merged {args.adapter} into {pretrained or base_path}; saved {output}. "
+              f"Try: python main.py predict \"...\" 50 {output} {vocab}")
     return 0
+
+
+def write_hf_directory(model, directory, pretrained) -> None:
+    """The merged model in Hugging Face's GPT-2 layout, with GPT-2's tokenizer files when the base had them
+    (a base trained here has its own vocabulary, which Hugging Face's GPT-2 tokenizer cannot read)."""
+    model.save_pretrained(directory)
+    if pretrained is not None:
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(os.path.join(pretrained, name), os.path.join(directory, name))

@@ -139,7 +139,13 @@ def test_lora_on_a_hugging_face_gpt2_directory(tmp_path):
     assert {k.rsplit(".", 2)[-2] for k in tensors if "/" not in k} == {"c_attn"}
     code, out, err = main("predict", "Hello", 4, "--adapter", "adapter.safetensors", "--temperature", 0, cwd=tmp_path)
     assert code == 0 and out.startswith("Hello"), err
-    code, out, err = main("merge", "adapter.safetensors", "--output", "merged.pt", cwd=tmp_path)
+    code, _, err = main("merge", "adapter.safetensors", "--output", "merged.pt", cwd=tmp_path)
     assert code == 0, err
     code, merged, err = main("predict", "Hello", 4, "merged.pt", "gpt2", "--temperature", 0, cwd=tmp_path)
+    assert code == 0 and merged == out, err
+    code, _, err = main("merge", "adapter.safetensors", "--hf", "--output", "merged_hf", cwd=tmp_path)
     assert code == 0, err
+    assert {p.name for p in (tmp_path / "merged_hf").iterdir()} == {"config.json", "model.safetensors", "vocab.json",
+                                                                     "merges.txt"}
+    code, merged_hf, err = main("predict", "Hello", 4, "--pretrained", "merged_hf", "--temperature", 0, cwd=tmp_path)
+    assert code == 0 and merged_hf == out, err
