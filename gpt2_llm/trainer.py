@@ -33,6 +33,9 @@ from gpt2_llm.optim import (learning_rate_at, load_optimizer_state, make_adamw, 
                             optimizer_state_tensors, tensors_from_named_state)
 from gpt2_llm.train_state import TrainingState, check_vocab_matches, restore_rng_states, rng_states
 
+# The step budget of a run bounded by --max-time alone: more steps than any run takes.
+UNTIL_MAX_TIME = 1 << 60
+
 # Training settings that go with each model shape in config.PRESETS (batch, lr, warmup, ...).
 TRAINING_PRESETS = {
     "tiny": dict(batch_size=8, learning_rate=1e-3, warmup_steps=20, eval_interval=100),
@@ -284,10 +287,11 @@ class Trainer:
 
     # --- the loop: schedule, stopping, evaluation, checkpoints, logs --------------------------
 
-    def train(self, filepath, num_epochs: float = 1, save_path="gpt2_model.pt", max_steps: int | None = None,
+    def train(self, filepath, num_epochs: float | None = 1, save_path="gpt2_model.pt", max_steps: int | None = None,
               max_time: float | None = None) -> TrainResult:
         """Train on a text file for num_epochs (or max_steps steps, or max_time seconds, whichever ends
         first), evaluating every eval_interval steps and at the end, checkpointing to save_path.
+        num_epochs None with max_time: as many steps as the time allows, however many epochs that is.
 
         Ctrl-C / SIGTERM finish the current step, save and return with stop_reason "interrupted".
         A NaN/inf loss raises UserError; the last checkpoint on disk is left as it was.
@@ -346,16 +350,25 @@ class Trainer:
         tokens_per_step = self.tokens_per_step
         steps_per_epoch = max(1, len(data.train) // tokens_per_step)
         if state.step > 0 and not state.run_finished():
-            self.say(f"Resuming the interrupted run at step {state.step} of {state.run_total_steps}"
+            planned = "" if state.run_total_steps - state.run_start_step >= UNTIL_MAX_TIME else \
+                f" of {state.run_total_steps}"
+            self.say(f"Resuming the interrupted run at step {state.step}{planned}"
                      + (f" ({state.run_elapsed:.0f}s of {state.run_max_time:.0f}s)" if state.run_max_time else ""))
         else:
             if max_steps is not None and max_steps < 1:
                 raise UserError(f"--max-steps must be at least 1, got {max_steps}")
             if max_time is not None and max_time <= 0:
                 raise UserError(f"--max-time must be positive, got {max_time}")
-            if max_steps is None and not num_epochs > 0:
+            if num_epochs is None and max_time is None:
+                num_epochs = 1
+            if max_steps is None and num_epochs is not None and not num_epochs > 0:
                 raise UserError(f"--epochs must be positive, got {num_epochs}")
-            steps = max_steps if max_steps is not None else max(1, round(num_epochs * steps_per_epoch))
+            if max_steps is not None:
+                steps = max_steps
+            elif num_epochs is not None:
+                steps = max(1, round(num_epochs * steps_per_epoch))
+            else:
+                steps = UNTIL_MAX_TIME
             warmup = config.warmup_steps if config.warmup_steps is not None else min(100, steps // 20)
             state.run_start_step, state.run_total_steps = state.step, state.step + steps
             state.run_warmup_steps = min(warmup, steps)
@@ -372,8 +385,10 @@ class Trainer:
             f"{len(data.train):,} train / {len(data.val):,} val tokens; one epoch = {steps_per_epoch:,} steps "
             f"of {config.batch_size}x{config.grad_accum}x{config.context_length} tokens"
             + (f" x {self.world_size} processes" if self.distributed is not None else "") + "; "
-            f"planned steps {state.run_start_step}..{state.run_total_steps}"
-            + (f", at most {state.run_max_time:g}s" if state.run_max_time else "")
+            + (f"planned steps {state.run_start_step}..{state.run_total_steps}"
+               + (f", at most {state.run_max_time:g}s" if state.run_max_time else "")
+               if state.run_total_steps - state.run_start_step < UNTIL_MAX_TIME else
+               f"steps from {state.run_start_step} for {state.run_max_time:g}s")
         )
 
     def learning_rate(self) -> float:

@@ -72,13 +72,14 @@ def add_arguments(name, parser):
 def add_training_arguments(parser, default_save):
     """The flags of how to train, shared by `train` and `finetune`."""
     length = parser.add_argument_group("how long")
-    length.add_argument("--epochs", type=float, default=1.0,
-                        help="passes over the train tokens (default 1); "
+    length.add_argument("--epochs", type=float, default=None,
+                        help="passes over the train tokens (default 1, or as many as --max-time allows); "
                              "one epoch = train tokens / (batch x context) steps")
     length.add_argument("--max-steps", type=int, help="optimizer steps to run, instead of --epochs")
     length.add_argument("--max-time", type=float, metavar="SECONDS",
                         help="stop after this many seconds of training steps, then evaluate and save; "
-                             "the lr schedule is fitted to the time")
+                             "the lr schedule is fitted to the time. Alone it sets the length (epochs repeat); "
+                             "with --epochs or --max-steps, whichever ends first")
     opt = parser.add_argument_group("optimization")
     opt.add_argument("--batch-size", type=int, help="windows per micro-batch (preset default)")
     opt.add_argument("--lr", type=float, help="peak learning rate (preset default)")

@@ -247,6 +247,17 @@ def test_epoch_is_train_tokens_over_tokens_per_step(vocab, corpus, tmp_path):
     assert trainer.state.run_total_steps == round(0.5 * (len(data.train) // (8 * 2 * 32)))
 
 
+def test_max_time_alone_runs_past_one_epoch(vocab, corpus, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text(corpus.read_text(encoding="utf-8")[:4000], encoding="utf-8")
+    trainer = micro_trainer(vocab, val_fraction=0.2)
+    steps_per_epoch = len(trainer.load_data(short).train) // (4 * 32)
+    result = trainer.train(short, num_epochs=None, max_time=1.0, save_path=tmp_path / "m.pt")
+    assert result.stop_reason == "max_time" and result.steps > 2 * steps_per_epoch, (result.steps, steps_per_epoch)
+    trainer.plan_run(trainer.load_data(short), num_epochs=None, max_steps=None, max_time=None)  # no limit: 1 epoch
+    assert trainer.state.run_total_steps - trainer.state.run_start_step == steps_per_epoch
+
+
 def test_bf16_on_cpu_switches_to_the_explicit_attention(vocab):
     def kernels(trainer):
         return {m.use_math for m in trainer.model.modules() if hasattr(m, "use_math")}
