@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_optimizer_state_dict
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 
 from gpt2_llm.errors import UserError
@@ -110,6 +110,9 @@ def shard(model: nn.Module) -> nn.Module:
     for block in model.decoder.blocks:
         fully_shard(block)
     fully_shard(model)
+    # Generation calls next_token_logits, not forward: let that gather the root's weights too, so
+    # that every rank can sample in lockstep (the blocks' own forwards gather theirs).
+    register_fsdp_forward_method(model, "next_token_logits")
     return model
 
 

@@ -419,7 +419,7 @@ class Trainer:
         if state.best_val_loss is None or val_loss < state.best_val_loss:
             state.best_val_loss, state.best_val_bpb = val_loss, val_bpb
         self.say(f"step {state.step}: val loss {val_loss:.4f}, val bits/byte {val_bpb:.4f}")
-        if self.config.sample_tokens and not self.sharded:  # generate bypasses FSDP's forward hooks
+        if self.config.sample_tokens:  # under FSDP every rank samples (the same tokens): weights are gathered per layer
             self.say(f"  sample: {self.sample(data, self.config.sample_tokens)!r}")
         self.save_checkpoint(save_path)
         return {"val_loss": val_loss, "val_bpb": val_bpb}

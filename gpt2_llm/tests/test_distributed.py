@@ -82,6 +82,7 @@ def test_two_processes_match_one_with_double_batch_and_resume_in_one(corpus, sin
     out_two = train(corpus, *STEPS, "--batch-size", "4", "--save", two, *strategy, processes=2)
     assert out_two.count("Done at step 3") == 1  # only rank 0 talks
     assert "x 2 processes" in out_two
+    assert out_two.count("  sample: ") == 1  # under FSDP too, where every rank takes part in generating it
     assert_same_weights(single[0], two)
     _, metadata = weights(two)
     assert metadata["training"]["tokens_seen"] == 3 * 2 * 4 * 2 * 32  # steps x ranks x batch x accum x context
