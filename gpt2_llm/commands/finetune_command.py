@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gpt2_llm.commands.train_command import (add_training_arguments, check_can_save, report_result,
                                              run_in_process_group, training_options)
-from gpt2_llm.commands.model_files import DEFAULT_VOCAB
+from gpt2_llm.commands.model_files import DEFAULT_VOCAB, load_base
 from gpt2_llm.errors import UserError
 
 DEFAULT_ADAPTER = "adapter.safetensors"
@@ -77,18 +77,6 @@ def finetune(args, context):
     vocab = args.vocab or args.pretrained or DEFAULT_VOCAB
     resume = f"python main.py finetune {args.file} {vocab} {save_path} {base_flags}".strip()
     return report_result(result, save_path, context is None or context.is_main_process, resume)
-
-
-def load_base(base_path, vocab_path, pretrained):
-    """-> (GPT2, BPE): a checkpoint + its vocab, or a Hugging Face directory, which is its own vocab."""
-    from gpt2_llm.commands.model_files import load_model_and_vocab
-
-    if pretrained is not None and vocab_path is not None:
-        if Path(vocab_path).resolve() != Path(pretrained).resolve():
-            raise UserError(f"with --pretrained the vocabulary is {pretrained}'s own: pass {pretrained} as the "
-                            "vocab, or leave the vocab out")
-        vocab_path = None
-    return load_model_and_vocab(base_path, vocab_path, pretrained)
 
 
 def new_trainer(args, lora_flags, options):

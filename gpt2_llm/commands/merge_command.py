@@ -33,8 +33,7 @@ def add_arguments(name, parser):
 def run(args):
     from safetensors import SafetensorError
 
-    from gpt2_llm.commands.finetune_command import load_base
-    from gpt2_llm.commands.model_files import apply_adapter, load_adapter_file, recorded_base
+    from gpt2_llm.commands.model_files import apply_adapter, load_adapter_file, load_base, recorded_base
     from gpt2_llm.commands.train_command import check_can_save
     from gpt2_llm.lora import merge_lora
 

@@ -2,6 +2,7 @@
 optionally with a LoRA adapter on top. Shared by predict, finetune and merge."""
 import os
 import sys
+from pathlib import Path
 
 from gpt2_llm.errors import UserError
 
@@ -37,6 +38,16 @@ def load_model_and_vocab(model_path, vocab_path, pretrained):
     model = GPT2.from_config(config)
     checkpoint.copy_model_tensors(model, tensors, metadata, model_path)
     return model, bpe
+
+
+def load_base(base_path, vocab_path, pretrained):
+    """-> (GPT2, BPE): a checkpoint + its vocab, or a Hugging Face directory, which is its own vocab."""
+    if pretrained is not None and vocab_path is not None:
+        if Path(vocab_path).resolve() != Path(pretrained).resolve():
+            raise UserError(f"with --pretrained the vocabulary is {pretrained}'s own: pass {pretrained} as the "
+                            "vocab, or leave the vocab out")
+        vocab_path = None
+    return load_model_and_vocab(base_path, vocab_path, pretrained)
 
 
 def check_vocab_matches(bpe, metadata, source) -> None:
