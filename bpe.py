@@ -21,6 +21,7 @@ import os
 import re
 import sys
 from collections import Counter, defaultdict
+import tempfile
 from contextlib import suppress
 from itertools import chain, repeat
 
@@ -28,7 +29,6 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
-from gpt2_llm.errors import UserError
 
 # GPT-2's pre-split pattern, as tiktoken spells it: the contractions 's 't 're 've 'm 'll 'd (lowercase only), letter
 # runs, digit runs and other-symbol runs each with one optional leading space, then whitespace. `\s+(?!\S)` leaves the
@@ -54,6 +54,89 @@ FORMAT_HEADER = "#gpt2-llm-bpe v1"
 
 _CACHE_MAX_CHUNKS = 1 << 18  # ~50 MB at most; a 5 MB English corpus has ~40k distinct chunks
 _MIN_PARALLEL_CHARS = 1 << 19  # below ~0.5 MB, starting processes (~20 ms) costs more than it saves
+
+
+class UserError(Exception):
+    """A mistake the user can fix (a bad file, a bad id, a mismatched vocab); the message says what and how.
+
+    The one such exception type of the whole project. It is defined here, in the lowest layer, because the
+    tokenizer needs it and must not import the gpt2_llm package (which imports the tokenizer);
+    gpt2_llm.errors re-exports it. The CLI turns it into one line on stderr and exit code 2.
+    """
+
+
+def atomic_write(path, data, mode=0o644):
+    """Write a file so that readers see the old file or the new one, never half of one.
+
+    data: bytes, str (written as UTF-8), or a function that writes the file at the path it is given
+    (for writers that want a path: safetensors' save_file, np.save). The bytes go to a temp file
+    beside `path` (same filesystem), are fsynced, and os.replace puts them in place; on any failure
+    the temp file is removed and `path` is as it was. A temp file is named after the process that
+    writes it (`.name.<pid>.<random>.tmp`), so one left by a process that was killed -9 mid-write is
+    removed by the next write of the same file (those of live processes are left alone).
+
+        atomic_write("vocab.txt", "text")                  # str or bytes
+        atomic_write("m.safetensors", lambda tmp: save_file(tensors, tmp))
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    remove_stale_temp_files(folder, name)
+    fd, temp_path = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+    try:
+        if callable(data):
+            os.close(fd)
+            data(temp_path)
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(temp_path, mode)  # mkstemp makes it owner-only (and some writers recreate the file)
+        with open(temp_path, "rb") as f:
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(temp_path, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(temp_path)
+        raise
+    _fsync_folder(folder)
+
+
+def remove_stale_temp_files(folder, name):
+    """Delete `.name.<pid>.*.tmp` files in folder whose writing process no longer exists."""
+    prefix = f".{name}."
+    try:
+        candidates = [f for f in os.listdir(folder) if f.startswith(prefix) and f.endswith(".tmp")]
+    except OSError:
+        return
+    for candidate in candidates:
+        pid = candidate[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or _process_exists(int(pid)):
+            continue
+        with suppress(OSError):
+            os.unlink(os.path.join(folder, candidate))
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or a platform without signals: leave its file alone
+    return True
+
+
+def _fsync_folder(folder):
+    """Make the rename itself durable (POSIX); some platforms cannot open or fsync folders."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # e.g. filesystems that refuse fsync on folders: the rename still happened
+    finally:
+        os.close(fd)
 
 
 def _keep_surrogates_else_replace(error):
@@ -476,19 +559,8 @@ class BPE:
         return "\n".join(lines) + "\n"
 
     def save(self):
-        """Write the vocab to vocab_path atomically: a temp file in the same folder, then os.replace, so a crash
-        never leaves a half-written vocab behind."""
-        folder, name = os.path.split(os.path.abspath(self.vocab_path))
-        temp_path = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
-        try:
-            with open(temp_path, "w", encoding="utf-8", newline="\n") as f:
-                f.write(self._serialize())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp_path, self.vocab_path)
-        finally:
-            with suppress(FileNotFoundError):
-                os.unlink(temp_path)
+        """Write the vocab to vocab_path atomically (see atomic_write): a crash never leaves half a vocab."""
+        atomic_write(self.vocab_path, self._serialize())
 
     def load(self):
         """Load vocab_path. Returns False if there is no such file; raises UserError naming the file and line if it
