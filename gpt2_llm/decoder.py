@@ -1,4 +1,4 @@
-"""The transformer body: a stack of pre-LayerNorm decoder blocks.
+"""The transformer body: a stack of pre-LayerNorm decoder blocks, each built from the model's config.
 
     x = x + attn(ln_1(x))
     x = x + mlp(ln_2(x))
@@ -11,18 +11,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from gpt2_llm.attention import QKVAttention
+from gpt2_llm.attention import CausalSelfAttention
+from gpt2_llm.config import GPT2Config
 from gpt2_llm.kv_cache import KVCache
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: expand, GELU, project back."""
+    """Position-wise feed-forward: expand to config.mlp_dim, GELU, project back."""
 
-    def __init__(self, embedding_dim: int, feedforward_dim: int, dropout: float = 0.0, bias: bool = True):
+    def __init__(self, config: GPT2Config):
         super().__init__()
-        self.c_fc = nn.Linear(embedding_dim, feedforward_dim, bias=bias)
-        self.c_proj = nn.Linear(feedforward_dim, embedding_dim, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.c_fc = nn.Linear(config.embedding_dim, config.mlp_dim, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_dim, config.embedding_dim, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # GPT-2's "gelu_new" is exactly the tanh approximation; PyTorch runs it as one fused kernel
@@ -32,23 +33,12 @@ class MLP(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    def __init__(
-        self,
-        embedding_dim: int,
-        num_heads: int,
-        feedforward_dim: int,
-        dropout: float = 0.0,
-        use_rope: bool = False,
-        max_seq_len: int = 1024,
-        layer_norm_eps: float = 1e-5,
-        bias: bool = True,
-        rope_base: float = 10000.0,
-    ):
+    def __init__(self, config: GPT2Config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(embedding_dim, eps=layer_norm_eps, bias=bias)
-        self.attn = QKVAttention(embedding_dim, num_heads, dropout, use_rope, max_seq_len, bias, rope_base)
-        self.ln_2 = nn.LayerNorm(embedding_dim, eps=layer_norm_eps, bias=bias)
-        self.mlp = MLP(embedding_dim, feedforward_dim, dropout, bias)
+        self.ln_1 = nn.LayerNorm(config.embedding_dim, eps=config.layer_norm_eps, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.embedding_dim, eps=config.layer_norm_eps, bias=config.bias)
+        self.mlp = MLP(config)
 
     def forward(self, x, cache=None, start: int = 0):
         x = x + self.attn(self.ln_1(x), cache, start)
@@ -56,7 +46,7 @@ class DecoderBlock(nn.Module):
 
 
 class GPT2Decoder(nn.Module):
-    """num_layers DecoderBlocks applied in order; (B, T, C) -> (B, T, C).
+    """config.num_layers DecoderBlocks applied in order; (B, T, C) -> (B, T, C).
 
     gradient_checkpointing (set by the trainer): while training, keep only each block's input for
     backward and recompute the block's activations there: about one extra forward of compute for
@@ -65,28 +55,9 @@ class GPT2Decoder(nn.Module):
 
     gradient_checkpointing = False
 
-    def __init__(
-        self,
-        num_layers: int,
-        embedding_dim: int,
-        num_heads: int,
-        feedforward_dim: int | None = None,
-        dropout: float = 0.0,
-        use_rope: bool = False,
-        max_seq_len: int = 1024,
-        layer_norm_eps: float = 1e-5,
-        bias: bool = True,
-        rope_base: float = 10000.0,
-    ):
+    def __init__(self, config: GPT2Config):
         super().__init__()
-        feedforward_dim = feedforward_dim or 4 * embedding_dim
-        self.blocks = nn.ModuleList(
-            DecoderBlock(
-                embedding_dim, num_heads, feedforward_dim, dropout, use_rope, max_seq_len, layer_norm_eps, bias,
-                rope_base,
-            )
-            for _ in range(num_layers)
-        )
+        self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.num_layers))
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Without a cache x is a whole sequence; with one, x continues at position cache.length."""

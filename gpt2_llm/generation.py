@@ -3,17 +3,21 @@
     for next_ids in generate_tokens(model, prompt, 100, temperature=0.8, top_k=40, generator=g):
         ...  # (B,) ids, yielded as soon as they are chosen: the CLI streams them and may stop early
 
-GPT2.generate collects this loop; beam_search.py drives the same TokenWindow with other choices.
-Decoding is bound by memory bandwidth, since each new token reads every weight once, so the
-per-token path does no other work that grows with the sequence: the cache is preallocated
-(kv_cache.py), tokens are written into one preallocated buffer instead of a growing torch.cat,
-and the head runs on the last position only.
+GPT2.generate collects this loop, `predict` streams it, beam_search.py drives the same TokenWindow
+with other choices, and the trainer's samples come from GPT2.generate: one decoding path. Decoding is
+bound by memory bandwidth, since each new token reads every weight once, so the window decodes with
+inference.decoding_model(model) (prepacked weights on a CPU), and the per-token path does no other
+work that grows with the sequence: the cache is preallocated (kv_cache.py), tokens are written into
+one preallocated buffer instead of a growing torch.cat, and the head runs on the last position only.
 """
 from collections.abc import Iterator
+
+from contextlib import nullcontext
 
 import torch
 
 from gpt2_llm.errors import UserError
+from gpt2_llm.inference import decoding_model
 from gpt2_llm.sampling import apply_repetition_penalty, check_sampling_settings, sample_next_token
 
 
@@ -35,7 +39,11 @@ class TokenWindow:
         if prompt_ids.dim() != 2 or prompt_ids.size(1) == 0:
             raise UserError(f"generate needs prompt ids of shape (batch, length >= 1), got {tuple(prompt_ids.shape)}")
         batch, length = prompt_ids.shape
-        self.model = model
+        self.model = decoding_model(model)
+        # A decoding copy already holds its weights in the dtype autocast asked for; autocast itself
+        # would only cast the fp32 cache and attention back down (see cache_dtype).
+        self.precision = (torch.autocast(prompt_ids.device.type, enabled=False) if self.model is not model
+                          else nullcontext())
         self.context = model.config.max_seq_len
         self.cache = model.new_cache(cache_dtype(prompt_ids.device))
         self.tokens = torch.empty(batch, length + max_new_tokens, dtype=torch.long, device=prompt_ids.device)
@@ -73,7 +81,8 @@ class TokenWindow:
         self.cache.select_rows(rows)
 
     def _logits(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.model.next_token_logits(idx, self.cache)
+        with self.precision:
+            return self.model.next_token_logits(idx, self.cache)
 
 
 def cache_dtype(device: torch.device) -> torch.dtype | None:

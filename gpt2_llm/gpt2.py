@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt2_llm import checkpoint, hf_interop
-from gpt2_llm.attention import QKVAttention
+from gpt2_llm import checkpoint, hf_interop, inference
+from gpt2_llm.attention import KERNELS, CausalSelfAttention
 from gpt2_llm.config import GPT2Config
 from gpt2_llm.decoder import GPT2Decoder
 from gpt2_llm.errors import UserError
@@ -48,18 +48,7 @@ class GPT2(nn.Module):
         # With RoPE, position lives in the rotation of Q and K; no table to learn.
         self.wpe = None if config.use_rope else nn.Embedding(config.max_seq_len, config.embedding_dim)
         self.drop = nn.Dropout(config.dropout)
-        self.decoder = GPT2Decoder(
-            config.num_layers,
-            config.embedding_dim,
-            config.num_heads,
-            config.mlp_dim,
-            config.dropout,
-            config.use_rope,
-            config.max_seq_len,
-            config.layer_norm_eps,
-            config.bias,
-            config.rope_base,
-        )
+        self.decoder = GPT2Decoder(config)
         self.ln_f = nn.LayerNorm(config.embedding_dim, eps=config.layer_norm_eps, bias=config.bias)
         self.lm_head = nn.Linear(config.embedding_dim, config.vocab_size, bias=False)
         # Weight tying: scoring a token as output uses the same vector that represents it as input.
@@ -96,17 +85,32 @@ class GPT2(nn.Module):
         """Trainable parameter count; the tied head/embedding counts once."""
         return sum(p.numel() for p in self.parameters())  # parameters() yields a shared one once
 
-    def use_math_attention(self, enabled: bool = True) -> None:
-        """Compute attention with the written-out `attention_math` instead of SDPA in every layer.
-
-        Same results within float tolerance; the caller picks whichever is faster where it runs.
-        On a CPU under bf16 autocast the explicit path is the faster one: PyTorch's CPU
-        flash-attention kernel is slow for small heads (hs=40 in the "small" preset), while
-        batched bf16 matmuls run near peak. With fp32 the fused kernel wins.
-        """
+    def set_attention_kernel(self, kernel: str = "auto") -> None:
+        """Force every layer's attention kernel: "sdpa", "math" (the readable one), "bmm", or "auto" (the
+        default: each call picks the fastest for its device, dtype and length; see attention.py)."""
+        if kernel not in KERNELS:
+            raise UserError(f"unknown attention kernel {kernel!r}; use one of {', '.join(KERNELS)}")
         for module in self.modules():
-            if isinstance(module, QKVAttention):
-                module.use_math = enabled
+            if isinstance(module, CausalSelfAttention):
+                module.kernel = kernel
+
+    def for_inference(self, dtype: torch.dtype | None = None, quantize: str | None = None,
+                      device: torch.device | str | None = None) -> "GPT2":
+        """Convert this model, in place, to its fastest form for generation and return it.
+
+        dtype: torch.bfloat16 halves the bytes each token reads (default: keep the weights' dtype);
+        quantize="int8": weight-only int8 Linear layers (CPU). Linear weights are prepacked for the CPU.
+        Afterwards the model generates but can no longer train or be saved. Without this call,
+        generate() is just as fast but keeps a packed copy of the Linear weights beside the model.
+        """
+        weight = self.wte.weight
+        device = torch.device(device) if device is not None else weight.device
+        return inference.prepare_for_inference(self, device, dtype or weight.dtype, quantize)
+
+    def train(self, mode: bool = True) -> "GPT2":
+        if mode:  # training changes every weight: a packed decoding copy would only hold memory
+            inference.forget_decoding_model(self)
+        return super().train(mode)
 
     def new_cache(self, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache sized for this model's context, in dtype (None: the keys') (see kv_cache.py)."""

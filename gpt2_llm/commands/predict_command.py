@@ -11,6 +11,7 @@ Flag values are checked here, so that a bad one is a one-line error (exit 2), no
 """
 import math
 import sys
+import time
 
 from gpt2_llm.errors import UserError
 
@@ -53,6 +54,8 @@ def add_arguments(name, parser):
     where.add_argument("--quantize", default=None, metavar="int8",
                        help="int8: weight-only int8 Linear layers, ~4x fewer bytes per token than fp32 (CPU)")
     where.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
+    where.add_argument("--timing", action="store_true",
+                       help="print the generation speed to stderr at the end (tokens/s, prompt processing included)")
 
 
 def run(args):
@@ -62,7 +65,6 @@ def run(args):
     from gpt2_llm.commands.model_files import apply_adapter, load_adapter_file, load_model_and_vocab, recorded_base
     from gpt2_llm.lora import merge_lora
     from gpt2_llm.device import DTYPES, pick_device
-    from gpt2_llm.quantize import prepare_for_decoding
 
     device = pick_device(args.device)
     adapter = load_adapter_file(args.adapter) if args.adapter else None  # a wrong file fails before the model loads
@@ -72,7 +74,7 @@ def run(args):
     model, bpe = load_model_and_vocab(model_path, args.vocab, pretrained)
     if adapter is not None:
         model = merge_lora(apply_adapter(model, bpe, args.adapter, *adapter))
-    model = prepare_for_decoding(model, device, DTYPES[options["dtype"]], options["quantize"])
+    model = model.for_inference(DTYPES[options["dtype"]], options["quantize"], device)
     prompt_ids = encode_prompt(args.prompt, bpe, model.config.max_seq_len)
     prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     generator = torch.Generator()  # a CPU generator, whatever the device: a seed means the same draws everywhere
@@ -99,12 +101,14 @@ def stream_sample(model, prompt, bpe, options, generator) -> None:
     from gpt2_llm.text_stream import TextStream
 
     stream = TextStream(bpe.token_bytes(), options["stop"])
+    start, count = time.perf_counter(), 0
     tokens = generate_tokens(
         model, prompt, options["num_tokens"], options["temperature"], options["top_k"], options["top_p"],
         options["repetition_penalty"], generator, eos_token_id=bpe.eot_id, vocab_size=bpe.vocab_size,
     )
     for next_ids in tokens:
         token_id = int(next_ids[0])
+        count += 1
         if token_id == bpe.eot_id:
             break
         print(stream.push(token_id), end="", flush=True)
@@ -112,6 +116,9 @@ def stream_sample(model, prompt, bpe, options, generator) -> None:
             break
     tokens.close()  # puts the model back in its previous mode now, not when garbage-collected
     print(stream.finish(), end="", flush=True)
+    if options["timing"]:
+        seconds = time.perf_counter() - start
+        print(f"\n[{count} tokens in {seconds:.3f} s: {count / seconds:.2f} tokens/s]", file=sys.stderr, flush=True)
 
 
 def beam_texts(model, prompt, bpe, options) -> list[str]:
@@ -177,6 +184,7 @@ def parse_options(args) -> dict:
         "stop": list(args.stop),
         "dtype": dtype_name,
         "quantize": args.quantize,
+        "timing": args.timing,
     }
 
 

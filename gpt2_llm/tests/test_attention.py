@@ -1,9 +1,21 @@
+"""attention.py: the readable math, the fast bmm path and SDPA agree; causality; the KV cache; RoPE; the kernel choice."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt2_llm.attention import QKVAttention, RotaryPositionEmbedding, attention_math, causal_mask
+from gpt2_llm.attention import (CausalSelfAttention, RotaryPositionEmbedding, attention_bmm, attention_kernel,
+                                attention_math, causal_mask)
+from gpt2_llm.config import GPT2Config
 from gpt2_llm.kv_cache import LayerKVCache
+
+KERNELS = ["sdpa", "math", "bmm"]
+
+
+def attention(embedding_dim, num_heads, max_seq_len=32, kernel="sdpa", **fields):
+    attn = CausalSelfAttention(GPT2Config(vocab_size=10, embedding_dim=embedding_dim, num_heads=num_heads,
+                                          max_seq_len=max_seq_len, **fields))
+    attn.kernel = kernel
+    return attn
 
 
 def test_causal_mask_is_offset_lower_triangle():
@@ -20,24 +32,65 @@ def test_attention_math_equals_sdpa(mask_kind):
     else:
         expected, mask = F.scaled_dot_product_attention(q, k, v, is_causal=True), causal_mask(7, 0)
     torch.testing.assert_close(attention_math(q, k, v, mask), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(attention_bmm(q, k, v, mask), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_attention_math_is_the_formula_by_hand():
+    """One head, two positions, numbers small enough to check on paper."""
+    q = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])  # (1, 1, 2, 2)
+    k = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])
+    v = torch.tensor([[[[10.0, 0.0], [0.0, 20.0]]]])
+    out = attention_math(q, k, v, causal_mask(2, 0))
+    # Query 0 sees key 0 only -> v0. Query 1 scores k0, k1 as 0, 1/sqrt(2) -> softmax weights w.
+    w = torch.softmax(torch.tensor([0.0, 2**-0.5]), dim=0)
+    torch.testing.assert_close(out[0, 0], torch.stack([v[0, 0, 0], w[0] * v[0, 0, 0] + w[1] * v[0, 0, 1]]))
 
 
 @pytest.mark.parametrize("use_rope", [False, True])
-def test_module_sdpa_path_equals_math_path(use_rope):
+@pytest.mark.parametrize("kernel", ["math", "bmm", "auto"])
+def test_module_kernels_equal_sdpa(use_rope, kernel):
     torch.manual_seed(0)
-    attn = QKVAttention(64, 4, use_rope=use_rope, rope_max_seq_len=32)
+    attn = attention(64, 4, use_rope=use_rope)
     x = torch.randn(2, 11, 64)
     fast = attn(x)
-    attn.use_math = True
+    attn.kernel = kernel
     torch.testing.assert_close(attn(x), fast, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("use_rope", [False, True])
-@pytest.mark.parametrize("use_math", [False, True])
-def test_attention_is_causal(use_rope, use_math):
+@pytest.mark.parametrize("device_dtype_keys, expected", [
+    (("cpu", torch.bfloat16, 128), "bmm"), (("cpu", torch.bfloat16, 512), "bmm"),
+    (("cpu", torch.bfloat16, 1024), "sdpa"), (("cpu", torch.float32, 128), "sdpa"),
+    (("meta", torch.bfloat16, 128), "sdpa"),
+])
+def test_the_kernel_is_picked_from_device_dtype_and_length(device_dtype_keys, expected):
+    device, dtype, num_keys = device_dtype_keys
+    assert attention_kernel(torch.empty(1, 1, 1, 8, dtype=dtype, device=device), num_keys) == expected
+
+
+def test_bf16_training_step_on_cpu_takes_the_bmm_kernel(monkeypatch):
+    """The model picks its kernel itself: a plain model.loss under autocast gets the fast one, no Trainer needed."""
+    from gpt2_llm import attention as attention_module
+    from gpt2_llm.gpt2 import GPT2
+
+    calls = []
+    monkeypatch.setattr(attention_module, "attention_bmm",
+                        lambda *a, **k: calls.append("bmm") or attention_math(*a, **k))
     torch.manual_seed(0)
-    attn = QKVAttention(32, 2, use_rope=use_rope, rope_max_seq_len=16)
-    attn.use_math = use_math
+    model = GPT2(vocab_size=50, embedding_dim=32, num_layers=2, num_heads=2, max_seq_len=16)
+    x = torch.randint(0, 50, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.loss(x, x).backward()
+    assert calls == ["bmm", "bmm"]  # one per layer
+    calls.clear()
+    model.loss(x, x)  # fp32: the fused kernel
+    assert calls == []
+
+
+@pytest.mark.parametrize("use_rope", [False, True])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_attention_is_causal(use_rope, kernel):
+    torch.manual_seed(0)
+    attn = attention(32, 2, max_seq_len=16, use_rope=use_rope, kernel=kernel)
     x = torch.randn(1, 10, 32)
     changed = x.clone()
     changed[:, 6] += 1.0
@@ -47,12 +100,11 @@ def test_attention_is_causal(use_rope, use_math):
 
 
 @pytest.mark.parametrize("use_rope", [False, True])
-@pytest.mark.parametrize("use_math", [False, True])
-def test_cached_chunks_equal_one_full_pass(use_rope, use_math):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_cached_chunks_equal_one_full_pass(use_rope, kernel):
     """Prefill at offset 0, a chunk at offset > 0 (masked), then single steps (unmasked)."""
     torch.manual_seed(0)
-    attn = QKVAttention(32, 2, use_rope=use_rope, rope_max_seq_len=16)
-    attn.use_math = use_math
+    attn = attention(32, 2, max_seq_len=16, use_rope=use_rope, kernel=kernel)
     x = torch.randn(2, 12, 32)
     full = attn(x)
     cache = LayerKVCache(16)
@@ -97,7 +149,7 @@ def test_rope_tables_are_not_saved_and_follow_dtype():
 def test_rope_does_not_touch_values():
     """With RoPE, V is unrotated: if q and k were zero, the output would be the mean of v."""
     torch.manual_seed(0)
-    attn = QKVAttention(8, 1, use_rope=True, rope_max_seq_len=8)
+    attn = attention(8, 1, max_seq_len=8, use_rope=True)
     with torch.no_grad():
         attn.c_attn.weight[:16] = 0  # q and k weights
         attn.c_attn.bias.zero_()
@@ -110,7 +162,7 @@ def test_rope_does_not_touch_values():
 
 
 def test_output_shape_and_gradients():
-    attn = QKVAttention(48, 3, dropout=0.1)
+    attn = attention(48, 3, dropout=0.1)
     x = torch.randn(2, 5, 48, requires_grad=True)
     out = attn(x)
     assert out.shape == (2, 5, 48)

@@ -1,9 +1,38 @@
+"""decoder.py: the MLP, the pre-LN block and the stack, checked against GPT-2's equations written
+out here from the raw weights (not from the modules' own forward), plus gradient checkpointing."""
 import math
 
 import pytest
 import torch
 
+from gpt2_llm.config import GPT2Config
 from gpt2_llm.decoder import MLP, DecoderBlock, GPT2Decoder
+
+
+def config(embedding_dim=32, num_heads=4, **fields):
+    return GPT2Config(vocab_size=10, embedding_dim=embedding_dim, num_heads=num_heads,
+                      **{"max_seq_len": 16, "num_layers": 3, **fields})
+
+
+def reference_block(block, x):
+    """GPT-2's block from its equations and the block's weights: x + attn(ln_1(x)), then + mlp(ln_2(.))."""
+    B, T, C = x.shape
+    nh = block.attn.num_heads
+
+    def layer_norm(ln, h):
+        mean, var = h.mean(-1, keepdim=True), h.var(-1, keepdim=True, unbiased=False)
+        return (h - mean) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
+
+    def linear(layer, h):
+        return h @ layer.weight.T + layer.bias
+
+    q, k, v = linear(block.attn.c_attn, layer_norm(block.ln_1, x)).split(C, dim=-1)
+    q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(C // nh)
+    scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+    attended = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C)
+    x = x + linear(block.attn.c_proj, attended)
+    return x + linear(block.mlp.c_proj, gelu_new(linear(block.mlp.c_fc, layer_norm(block.ln_2, x))))
 
 
 def gelu_new(x):
@@ -13,16 +42,17 @@ def gelu_new(x):
 
 def test_mlp_uses_gpt2_gelu():
     torch.manual_seed(0)
-    mlp = MLP(16, 64)
+    mlp = MLP(config(embedding_dim=16, feedforward_dim=64))
     x = torch.randn(2, 3, 16)
-    expected = mlp.c_proj(gelu_new(mlp.c_fc(x)))
+    hidden = gelu_new(x @ mlp.c_fc.weight.T + mlp.c_fc.bias)
+    expected = hidden @ mlp.c_proj.weight.T + mlp.c_proj.bias
     torch.testing.assert_close(mlp(x), expected, atol=1e-6, rtol=1e-5)
 
 
 def test_block_is_pre_layernorm_residual():
     """With both branches' output projections zeroed, a block is the identity."""
     torch.manual_seed(0)
-    block = DecoderBlock(32, 4, 128)
+    block = DecoderBlock(config())
     with torch.no_grad():
         for proj in (block.attn.c_proj, block.mlp.c_proj):
             proj.weight.zero_()
@@ -31,30 +61,37 @@ def test_block_is_pre_layernorm_residual():
     torch.testing.assert_close(block(x), x)
 
 
-def test_block_computes_the_two_residual_branches():
+def test_block_equals_gpt2_equations():
     torch.manual_seed(0)
-    block = DecoderBlock(32, 4, 128)
+    block = DecoderBlock(config())
+    with torch.no_grad():  # LayerNorm's affine parameters away from 1/0, so that they are checked too
+        for ln in (block.ln_1, block.ln_2):
+            ln.weight.normal_(1.0, 0.3)
+            ln.bias.normal_(0.0, 0.3)
     x = torch.randn(2, 6, 32)
-    h = x + block.attn(block.ln_1(x))
-    torch.testing.assert_close(block(x), h + block.mlp(block.ln_2(h)))
+    torch.testing.assert_close(block(x), reference_block(block, x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("feedforward_dim, expected", [(None, 128), (40, 40)])
-def test_decoder_stacks_blocks(feedforward_dim, expected):
-    decoder = GPT2Decoder(3, 32, 4, feedforward_dim)
+def test_decoder_stacks_blocks_in_order(feedforward_dim, expected):
+    torch.manual_seed(0)
+    decoder = GPT2Decoder(config(feedforward_dim=feedforward_dim))
     assert len(decoder.blocks) == 3
     assert decoder.blocks[0].mlp.c_fc.out_features == expected
     x = torch.randn(2, 5, 32)
     out = decoder(x)
-    assert out.shape == x.shape
     y = x
     for block in decoder.blocks:
-        y = block(y)
-    torch.testing.assert_close(out, y)
+        y = reference_block(block, y)
+    torch.testing.assert_close(out, y, atol=1e-5, rtol=1e-5)
+    reversed_order = x
+    for block in reversed(decoder.blocks):
+        reversed_order = reference_block(block, reversed_order)
+    assert not torch.allclose(out, reversed_order, atol=1e-3)  # the order of the blocks matters, and is kept
 
 
 def test_bias_free_layers():
-    block = DecoderBlock(32, 4, 64, bias=False)
+    block = DecoderBlock(config(feedforward_dim=64, bias=False))
     assert all("bias" not in name for name, _ in block.named_parameters())
     assert block(torch.randn(1, 3, 32)).shape == (1, 3, 32)
 
@@ -75,7 +112,7 @@ def saved_tensor_bytes(fn):
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_gradient_checkpointing_same_gradients_less_saved_memory(dropout):
     torch.manual_seed(0)
-    decoder = GPT2Decoder(num_layers=3, embedding_dim=32, num_heads=4, dropout=dropout, max_seq_len=16)
+    decoder = GPT2Decoder(config(dropout=dropout))
     x = torch.randn(2, 16, 32, requires_grad=True)
     results = {}
     for recompute in (False, True):
@@ -95,7 +132,7 @@ def test_gradient_checkpointing_same_gradients_less_saved_memory(dropout):
 
 
 def test_gradient_checkpointing_off_in_eval_and_no_grad():
-    decoder = GPT2Decoder(num_layers=2, embedding_dim=16, num_heads=2, max_seq_len=8)
+    decoder = GPT2Decoder(config(embedding_dim=16, num_heads=2, num_layers=2, max_seq_len=8))
     decoder.gradient_checkpointing = True
     x = torch.randn(1, 8, 16, requires_grad=True)
     decoder.eval()

@@ -9,7 +9,9 @@ from gpt2_llm import GPT2
 from gpt2_llm.errors import UserError
 from gpt2_llm.generation import TokenWindow, generate_tokens
 
-transformers = pytest.importorskip("transformers")
+def import_transformers():
+    """The reference, for the tests that compare with it: only those skip where it is not installed."""
+    return pytest.importorskip("transformers")
 
 SMALL = dict(vocab_size=97, embedding_dim=64, num_layers=2, num_heads=4, max_seq_len=32)
 
@@ -26,6 +28,7 @@ def ids(batch, length, seed=1, vocab=SMALL["vocab_size"]):
 @pytest.fixture(scope="module")
 def hf_pair(tmp_path_factory):
     """A random HF GPT-2 with wide logits (greedy far from ties) and the same weights in ours."""
+    transformers = import_transformers()
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=300, n_embd=64, n_layer=2, n_head=4, n_positions=64,
                                      bos_token_id=None, eos_token_id=None)

@@ -10,13 +10,16 @@ import torch
 from gpt2_llm import GPT2
 from gpt2_llm.errors import UserError
 
-transformers = pytest.importorskip("transformers")
+def import_transformers():
+    """The reference, for the tests that compare with it: only those skip where it is not installed."""
+    return pytest.importorskip("transformers")
 
 SMALL_HF = dict(vocab_size=1000, n_embd=64, n_layer=2, n_head=4, n_positions=64)
 
 
 def hf_model(seed=0, **overrides):
     """A random HF GPT-2 whose every weight (LayerNorms and biases too) is non-trivial."""
+    transformers = import_transformers()
     torch.manual_seed(seed)
     config = transformers.GPT2Config(**{**SMALL_HF, **overrides}, bos_token_id=None, eos_token_id=None)
     model = transformers.GPT2LMHeadModel(config).eval()
@@ -104,6 +107,7 @@ def test_pytorch_model_bin_that_would_run_code_is_refused(tmp_path):
 
 @pytest.mark.parametrize("overrides", [{}, {"bias": False}, {"feedforward_dim": 96}])
 def test_save_pretrained_loads_in_transformers(tmp_path, overrides):
+    transformers = import_transformers()
     torch.manual_seed(0)
     ours = GPT2(vocab_size=500, embedding_dim=64, num_layers=2, num_heads=4, max_seq_len=48, **overrides).eval()
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Inference weight formats (quantize.py): exact where they should be, close where they cannot be.
+"""Inference weight formats (inference.py): exact where they should be, close where they cannot be.
 
 Stated tolerances, on a random model with wide logits (weights x5, logit std ~0.8), relative to
 the standard deviation of the fp32 logits, teacher-forced over 2 x 48 positions:
@@ -15,7 +15,7 @@ from torch import nn
 
 from gpt2_llm import GPT2
 from gpt2_llm.errors import UserError
-from gpt2_llm.quantize import Int8Linear, PackedLinear, can_prepack, prepare_for_decoding
+from gpt2_llm.inference import Int8Linear, PackedLinear, can_prepack, decoding_model, prepare_for_inference
 
 CPU = torch.device("cpu")
 
@@ -32,6 +32,15 @@ def wide_model(seed=0):
 
 def tokens(seed=0):
     return torch.randint(0, 512, (2, 48), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def plain_greedy(model, prompt, new_tokens):
+    """The reference: the whole sequence through the plain model each step, no cache, no packing."""
+    ids = prompt
+    for _ in range(new_tokens):
+        ids = torch.cat((ids, model(ids)[:, -1].argmax(-1, keepdim=True)), dim=1)
+    return ids
 
 
 def test_int8_linear_is_the_dequantized_matmul():
@@ -59,12 +68,68 @@ def test_int8_linear_with_bf16_activations():
 @pytest.mark.skipif(not can_prepack(torch.float32), reason="no oneDNN linear prepacking in this PyTorch")
 def test_packed_fp32_is_the_same_function():
     model = wide_model()
-    packed = prepare_for_decoding(copy.deepcopy(model), CPU, torch.float32)
+    packed = prepare_for_inference(copy.deepcopy(model), CPU, torch.float32)
     assert any(isinstance(m, PackedLinear) for m in packed.modules())
     with torch.no_grad():
         torch.testing.assert_close(packed(tokens()), model(tokens()), atol=1e-4, rtol=1e-4)
     prompt = tokens()[:1, :8]
-    assert torch.equal(packed.generate(prompt, 30, temperature=0), model.generate(prompt, 30, temperature=0))
+    assert torch.equal(packed.generate(prompt, 30, temperature=0), plain_greedy(model, prompt, 30))
+
+
+# --- the decoding copy: what GPT2.generate (and so the trainer's samples) decode with ---------------
+
+
+@pytest.mark.skipif(not can_prepack(torch.float32), reason="no oneDNN linear prepacking in this PyTorch")
+def test_generate_on_a_plain_model_decodes_with_packed_weights_and_the_same_result():
+    model = wide_model()
+    prompt = tokens()[:, :8]
+    decoder = decoding_model(model)
+    assert decoder is not model and isinstance(decoder.lm_head, PackedLinear)
+    assert type(model.lm_head) is nn.Linear and model.lm_head.weight is model.wte.weight  # the model is untouched
+    assert decoder.wte.weight is model.wte.weight  # every non-Linear weight is shared, not copied
+    assert torch.equal(model.generate(prompt, 20, temperature=0), plain_greedy(model, prompt, 20))
+
+
+@pytest.mark.skipif(not can_prepack(torch.float32), reason="no oneDNN linear prepacking in this PyTorch")
+def test_the_decoding_copy_is_kept_until_a_weight_changes():
+    model = wide_model()
+    first = decoding_model(model)
+    assert decoding_model(model) is first  # packed once, reused by every later generate
+    with torch.no_grad():
+        model.decoder.blocks[0].mlp.c_fc.weight.mul_(2.0)  # in place, as an optimizer step does
+    second = decoding_model(model)
+    assert second is not first
+    prompt = tokens()[:1, :8]
+    assert torch.equal(model.generate(prompt, 12, temperature=0), plain_greedy(model, prompt, 12))
+    other = wide_model(seed=5)
+    model.load_state_dict(other.state_dict())
+    assert decoding_model(model) is not second
+    assert torch.equal(model.generate(prompt, 12, temperature=0), plain_greedy(other, prompt, 12))
+    model.train()  # training changes every weight: the copy is dropped rather than kept in memory
+    model.eval()
+    assert decoding_model(model) is not second
+
+
+@pytest.mark.skipif(not can_prepack(torch.bfloat16), reason="no oneDNN bf16 prepacking on this CPU")
+def test_generate_under_autocast_decodes_in_bf16_like_a_bf16_model():
+    model = wide_model(3)
+    prompt = tokens(3)[:1, :8]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_out = model.generate(prompt, 16, temperature=0)
+        assert decoding_model(model).lm_head.packed_weight.dtype == torch.bfloat16
+    bf16_out = copy.deepcopy(model).to(torch.bfloat16).generate(prompt, 16, temperature=0)
+    assert torch.equal(autocast_out, bf16_out)
+    assert model.wte.weight.dtype == torch.float32  # the model itself stays fp32
+
+
+def test_for_inference_converts_in_place_and_decodes_without_a_copy():
+    model = wide_model()
+    reference = plain_greedy(model, tokens()[:1, :8], 10)
+    same = model.for_inference(torch.bfloat16, "int8")
+    assert same is model and isinstance(model.lm_head, Int8Linear)
+    assert decoding_model(model) is model
+    out = model.generate(tokens()[:1, :8], 10, temperature=0)
+    assert out.shape == reference.shape and torch.equal(out[:, :9], reference[:, :9])
 
 
 @pytest.mark.parametrize("dtype, quantize, max_error, mean_error", [
@@ -75,7 +140,7 @@ def test_packed_fp32_is_the_same_function():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_reduced_precision_logits_stay_close_to_fp32(dtype, quantize, max_error, mean_error, seed):
     model = wide_model(seed)
-    fast = prepare_for_decoding(copy.deepcopy(model), CPU, dtype, quantize)
+    fast = prepare_for_inference(copy.deepcopy(model), CPU, dtype, quantize)
     with torch.no_grad():
         reference, logits = model(tokens(seed)), fast(tokens(seed)).float()
     error = (logits - reference).abs() / reference.std()
@@ -85,7 +150,7 @@ def test_reduced_precision_logits_stay_close_to_fp32(dtype, quantize, max_error,
 
 
 def test_int8_swaps_every_linear_and_the_head_keeps_its_own_copy():
-    model = prepare_for_decoding(wide_model(), CPU, torch.bfloat16, "int8")
+    model = prepare_for_inference(wide_model(), CPU, torch.bfloat16, "int8")
     assert not any(isinstance(m, nn.Linear) for m in model.modules())
     assert isinstance(model.lm_head, Int8Linear)
     assert model.wte.weight.dtype == torch.bfloat16  # the embedding lookup stays in float
@@ -98,7 +163,7 @@ def test_greedy_int8_and_bf16_mostly_agree_with_fp32():
     prompt = tokens(2)[:1, :8]
     reference = model.generate(prompt, 24, temperature=0)[0, 8:]
     for dtype, quantize in [(torch.bfloat16, None), (torch.bfloat16, "int8")]:
-        fast = prepare_for_decoding(copy.deepcopy(model), CPU, dtype, quantize)
+        fast = prepare_for_inference(copy.deepcopy(model), CPU, dtype, quantize)
         out = fast.generate(prompt, 24, temperature=0)[0, 8:]
         # Once one token differs the two continue different texts, so compare the common start.
         same_start = next((i for i, (a, b) in enumerate(zip(out.tolist(), reference.tolist())) if a != b), 24)
@@ -107,6 +172,6 @@ def test_greedy_int8_and_bf16_mostly_agree_with_fp32():
 
 def test_bad_choices_are_user_errors():
     with pytest.raises(UserError, match="int4"):
-        prepare_for_decoding(wide_model(), CPU, torch.float32, "int4")
+        prepare_for_inference(wide_model(), CPU, torch.float32, "int4")
     with pytest.raises(UserError, match="CPU"):
-        prepare_for_decoding(wide_model(), torch.device("cuda"), torch.float32, "int8")
+        prepare_for_inference(wide_model(), torch.device("cuda"), torch.float32, "int8")
