@@ -10,6 +10,13 @@ what makes caching chunk -> ids and splitting big files across processes exact.
     >>> bpe.decode(bpe.encode("hello world")) == "hello world"
     True
 
+The file reads top to bottom in three parts, split the way minbpe splits its tokenizer:
+  1. the core: the pre-split, training, encoding and decoding, the vocab file, and the class BPE that ties them;
+  2. OpenAI's GPT-2 files: BPE.from_gpt2 reads encoder.json and vocab.bpe into the same vocab;
+  3. the parallel file encoder: BPE.encode_file cuts a big file where cutting changes nothing and uses every core.
+At the end: the project's user-error type and file helpers, which live here because this is the lowest layer (the
+gpt2_llm package imports the tokenizer, so the tokenizer imports nothing from it).
+
 This module must not import torch: the CLI's tokenizer commands should start fast.
 """
 import codecs
@@ -20,8 +27,8 @@ import multiprocessing
 import os
 import re
 import sys
-from collections import Counter, defaultdict
 import tempfile
+from collections import Counter, defaultdict
 from contextlib import suppress
 from itertools import chain, repeat
 
@@ -29,6 +36,17 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
+
+# ======================================================================================================================
+# 1. The core: pre-split, train, encode, decode, the vocab file
+# ======================================================================================================================
+# Everything a tokenizer is, independent of where its vocab came from and of how big the text is. Ids 0..255 are the
+# 256 bytes, id 256 + k is the k-th merge, and <|endoftext|> comes right after the last merge.
+
+EOT = "<|endoftext|>"
+
+
+# ---- the pre-split ----
 
 # GPT-2's pre-split pattern, as tiktoken spells it: the contractions 's 't 're 've 'm 'll 'd (lowercase only), letter
 # runs, digit runs and other-symbol runs each with one optional leading space, then whitespace. `\s+(?!\S)` leaves the
@@ -43,212 +61,13 @@ _ASCII_PATTERN = re.compile(
     rf"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^{_WS}A-Za-z0-9]+|[{_WS}]+(?![^{_WS}])|[{_WS}]+"""
 )
 
-# Where a text can be cut without changing its tokens: just before a newline that ends a whitespace run. Proof: the
-# last whitespace char before a non-space is always a chunk of its own when it is a newline (" ?" only takes spaces),
-# and the run before it is one chunk either way, because `\s+(?!\S)` stops before that newline in the whole text and
-# at the end of the piece alone. Nothing in the pattern looks behind, so the rest encodes the same.
-_SAFE_CUT = regex.compile(r"\n(?=\S)")
 
-EOT = "<|endoftext|>"
-FORMAT_HEADER = "#gpt2-llm-bpe v1"
-
-_CACHE_MAX_CHUNKS = 1 << 18  # ~50 MB at most; a 5 MB English corpus has ~40k distinct chunks
-_MIN_PARALLEL_CHARS = 1 << 19  # below ~0.5 MB, starting processes (~20 ms) costs more than it saves
+def _split(text):
+    """GPT-2's pre-split, on the fast path when the text is ASCII. "Hello, world!" -> ["Hello", ",", " world", "!"]"""
+    return (_ASCII_PATTERN if text.isascii() else _PATTERN).findall(text)
 
 
-class UserError(Exception):
-    """A mistake the user can fix (a bad file, a bad id, a mismatched vocab); the message says what and how.
-
-    The one such exception type of the whole project. It is defined here, in the lowest layer, because the
-    tokenizer needs it and must not import the gpt2_llm package (which imports the tokenizer);
-    gpt2_llm.errors re-exports it. The CLI turns it into one line on stderr and exit code 2.
-    """
-
-
-def atomic_write(path, data, mode=0o644):
-    """Write a file so that readers see the old file or the new one, never half of one.
-
-    data: bytes, str (written as UTF-8), or a function that writes the file at the path it is given
-    (for writers that want a path: safetensors' save_file, np.save). The bytes go to a temp file
-    beside `path` (same filesystem), are fsynced, and os.replace puts them in place; on any failure
-    the temp file is removed and `path` is as it was. A temp file is named after the process that
-    writes it (`.name.<pid>.<random>.tmp`), so one left by a process that was killed -9 mid-write is
-    removed by the next write of the same file (those of live processes are left alone).
-
-        atomic_write("vocab.txt", "text")                  # str or bytes
-        atomic_write("m.safetensors", lambda tmp: save_file(tensors, tmp))
-    """
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
-    remove_stale_temp_files(folder, name)
-    fd, temp_path = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=folder)
-    try:
-        if callable(data):
-            os.close(fd)
-            data(temp_path)
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(temp_path, mode)  # mkstemp makes it owner-only (and some writers recreate the file)
-        with open(temp_path, "rb") as f:
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(temp_path, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temp_path)
-        raise
-    _fsync_folder(folder)
-
-
-def remove_stale_temp_files(folder, name):
-    """Delete `.name.<pid>.*.tmp` files in folder whose writing process no longer exists."""
-    prefix = f".{name}."
-    try:
-        candidates = [f for f in os.listdir(folder) if f.startswith(prefix) and f.endswith(".tmp")]
-    except OSError:
-        return
-    for candidate in candidates:
-        pid = candidate[len(prefix):].split(".", 1)[0]
-        if not pid.isdigit() or _process_exists(int(pid)):
-            continue
-        with suppress(OSError):
-            os.unlink(os.path.join(folder, candidate))
-
-
-def _process_exists(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # someone else's process, or a platform without signals: leave its file alone
-    return True
-
-
-def _fsync_folder(folder):
-    """Make the rename itself durable (POSIX); some platforms cannot open or fsync folders."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # e.g. filesystems that refuse fsync on folders: the rename still happened
-    finally:
-        os.close(fd)
-
-
-def _keep_surrogates_else_replace(error):
-    """Decode error handler: lone surrogates (encoded with surrogatepass) come back, other bad bytes become U+FFFD.
-
-    b"\\xed\\xa0\\x80".decode("utf-8", "bpe-replace") -> "\\ud800";  b"\\xe4\\xb8".decode(...) -> "\\ufffd"
-    """
-    try:
-        return codecs.lookup_error("surrogatepass")(error)
-    except UnicodeDecodeError:
-        return "\ufffd", error.end
-
-
-codecs.register_error("bpe-replace", _keep_surrogates_else_replace)
-
-
-def read_text_file(path):
-    """Read a whole UTF-8 text file exactly (no newline translation), or raise UserError saying what is wrong.
-
-    read_text_file("windows.txt") -> "a\\r\\nb"  (newlines kept as they are in the file)
-    """
-    if not os.path.exists(path):
-        raise UserError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise UserError(f"{path} is a directory, expected a text file")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from e
-    if not data:
-        raise UserError(f"{path} is empty")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); convert it to UTF-8 first"
-        ) from e
-
-
-def parse_ids_json(text, vocab_size):
-    """Parse a JSON list of token ids for `decode`, checking each is an int in [0, vocab_size).
-
-    parse_ids_json("[15496, 995]", 50257) -> [15496, 995]
-    """
-    try:
-        ids = json.loads(text)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, an int of > 4300 digits, absurd nesting
-        detail = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
-        raise UserError(f"token ids are not valid JSON ({detail}); expected a list like [15496, 995]") from None
-    if not isinstance(ids, list) or not all(type(i) is int for i in ids):
-        raise UserError("token ids must be a JSON list of integers, like [15496, 995]")
-    bad = [i for i in ids if not 0 <= i < vocab_size]
-    if bad:
-        raise UserError(f"token id {bad[0]} is out of range: this vocab has ids 0..{vocab_size - 1}")
-    return ids
-
-
-def split_for_workers(text, num_pieces, specials=()):
-    """Cut text into about num_pieces parts at safe newlines (see _SAFE_CUT), so that encoding the parts one by one
-    gives exactly the ids of encoding the whole. A cut never lands just before one of `specials`.
-
-    split_for_workers("a\\nb\\nc", 3) -> ["a", "\\nb", "\\nc"]
-    """
-    specials = tuple(specials)
-    step = max(1, len(text) // max(1, num_pieces))
-    pieces, start = [], 0
-    while True:
-        match = _SAFE_CUT.search(text, max(start + 1, start + step))
-        while match and specials and text.startswith(specials, match.end()):
-            match = _SAFE_CUT.search(text, match.end())
-        if not match:
-            break
-        pieces.append(text[start : match.start()])
-        start = match.start()
-    pieces.append(text[start:])
-    return pieces
-
-
-def _gpt2_bytes_to_unicode():
-    """GPT-2's files spell each byte as a printable character: printable Latin-1 stands for itself, the other bytes
-    are shifted to U+0100 and up. {32: "Ġ", 97: "a", 10: "Ċ", ...}"""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    mapping = {b: chr(b) for b in printable}
-    for shift, b in enumerate(b for b in range(256) if b not in mapping):
-        mapping[b] = chr(256 + shift)
-    return mapping
-
-
-def _escape_byte(b):
-    """How one byte is written in the vocab file: printable ASCII as-is, "\\\\" for a backslash, "␣" for a space,
-    "\\xNN" otherwise. 65 -> "A", 32 -> "␣", 10 -> "\\x0a" """
-    if b == 0x5C:
-        return "\\\\"
-    if b == 0x20:
-        return "␣"
-    return chr(b) if 0x21 <= b <= 0x7E else f"\\x{b:02x}"
-
-
-_ESCAPES = [_escape_byte(b) for b in range(256)]
-_UNESCAPES = {e: b for b, e in enumerate(_ESCAPES)}
-_ESCAPE_PIECE = re.compile(r"\\x..|\\.|.", re.DOTALL)
-_TOKEN_LINE = re.compile(r"([0-9]+) (\S+)(?: ([0-9]+) ([0-9]+))?")  # id, escaped bytes, [left right]
-
-
-def _unescape(field):
-    """Inverse of the escaping above; None when the field is not canonical escaped bytes. "␣the" -> b" the" """
-    try:
-        return bytes(_UNESCAPES[piece] for piece in _ESCAPE_PIECE.findall(field))
-    except KeyError:
-        return None
-
+# ---- encoding one chunk: apply the merges by rank ----
 
 def merge_by_rank(ids, merges, parents):
     """Encode one chunk: repeatedly merge every occurrence of the lowest-ranked adjacent pair (rank == merged id).
@@ -273,6 +92,9 @@ def merge_by_rank(ids, merges, parents):
     return ids
 
 
+_CACHE_MAX_CHUNKS = 1 << 18  # ~50 MB at most; a 5 MB English corpus has ~40k distinct chunks
+
+
 class _ChunkCache(dict):
     """chunk -> tuple of ids. `__missing__` runs the merge loop, so encoding a list of chunks is a C-speed map over
     `cache.__getitem__`. Cleared when full: simple, and a corpus's frequent chunks come back within a few lines."""
@@ -290,10 +112,7 @@ class _ChunkCache(dict):
         return ids
 
 
-def _split(text):
-    """GPT-2's pre-split, on the fast path when the text is ASCII. "Hello, world!" -> ["Hello", ",", " world", "!"]"""
-    return (_ASCII_PATTERN if text.isascii() else _PATTERN).findall(text)
-
+# ---- training: learn the merges ----
 
 def _apply_merge(words, counts, chunk_indices, pair, new_id, pair_counts, where):
     """Replace `pair` by `new_id` in the chunks that hold it, adjusting the counts of the neighbouring pairs in place
@@ -373,6 +192,139 @@ def train_merges(chunk_counts, num_merges, verbose=True):
                 heappush(heap, (-pair_counts[new_pair], new_pair))
             progress.update()
     return merges
+
+
+# ---- decoding: bytes back to text ----
+
+def _keep_surrogates_else_replace(error):
+    """Decode error handler: lone surrogates (encoded with surrogatepass) come back, other bad bytes become U+FFFD.
+
+    b"\\xed\\xa0\\x80".decode("utf-8", "bpe-replace") -> "\\ud800";  b"\\xe4\\xb8".decode(...) -> "\\ufffd"
+    """
+    try:
+        return codecs.lookup_error("surrogatepass")(error)
+    except UnicodeDecodeError:
+        return "\ufffd", error.end
+
+
+codecs.register_error("bpe-replace", _keep_surrogates_else_replace)
+
+
+# ---- the vocab file ----
+# One token per line in id order, so the merge order is the line order and a person can read the vocab:
+#
+#     #gpt2-llm-bpe v1
+#     #pattern '(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+#     #tokens 299
+#     #special <|endoftext|> 299
+#     # one token per line: ...
+#     0 \x00
+#     32 ␣
+#     65 A
+#     256 th 116 104         (a merged token: id, its bytes, the two ids merged)
+#     295 ␣in 32 261
+
+FORMAT_HEADER = "#gpt2-llm-bpe v1"
+
+
+def _escape_byte(b):
+    """How one byte is written in the vocab file: printable ASCII as-is, "\\\\" for a backslash, "␣" for a space,
+    "\\xNN" otherwise. 65 -> "A", 32 -> "␣", 10 -> "\\x0a" """
+    if b == 0x5C:
+        return "\\\\"
+    if b == 0x20:
+        return "␣"
+    return chr(b) if 0x21 <= b <= 0x7E else f"\\x{b:02x}"
+
+
+_ESCAPES = [_escape_byte(b) for b in range(256)]
+_UNESCAPES = {e: b for b, e in enumerate(_ESCAPES)}
+_ESCAPE_PIECE = re.compile(r"\\x..|\\.|.", re.DOTALL)
+_TOKEN_LINE = re.compile(r"([0-9]+) (\S+)(?: ([0-9]+) ([0-9]+))?")  # id, escaped bytes, [left right]
+
+
+def _unescape(field):
+    """Inverse of the escaping above; None when the field is not canonical escaped bytes. "␣the" -> b" the" """
+    try:
+        return bytes(_UNESCAPES[piece] for piece in _ESCAPE_PIECE.findall(field))
+    except KeyError:
+        return None
+
+
+def _format_vocab(token_bytes, parents):
+    """The vocab file's text for the regular tokens token_bytes (a list of bytes, in id order) and parents
+    (merged id -> the pair it merges); <|endoftext|> takes the id after the last token.
+
+    _format_vocab([bytes([b]) for b in range(256)] + [b"aa"], {256: (97, 97)}) -> "#gpt2-llm-bpe v1\n...256 aa 97 97\n"
+    """
+    eot_id = len(token_bytes)
+    lines = [
+        FORMAT_HEADER,
+        f"#pattern {GPT2_PATTERN}",
+        f"#tokens {eot_id}",
+        f"#special {EOT} {eot_id}",
+        "# one token per line: id, its bytes (printable ASCII as-is, ␣ = space, \\\\ = backslash, \\xNN = other"
+        " bytes), and for merged tokens the two ids merged (the merge order is the id order)",
+    ]
+    for token_id, data in enumerate(token_bytes):
+        text = "".join(_ESCAPES[b] for b in data)
+        pair = parents.get(token_id)
+        lines.append(f"{token_id} {text} {pair[0]} {pair[1]}" if pair else f"{token_id} {text}")
+    return "\n".join(lines) + "\n"
+
+
+def _parse_vocab(text, path):
+    """Check and read a vocab file; returns (byte_values, merges) for BPE._build. The inverse of _format_vocab."""
+    lines = text.replace("\r\n", "\n").split("\n")  # a valid file has no raw \r: every such byte is escaped
+    if lines[-1] == "":
+        lines.pop()
+
+    def fail(lineno, message):
+        raise UserError(f"{path}:{lineno}: {message}")
+
+    if lines[0] != FORMAT_HEADER:
+        fail(1, f"not a gpt2-llm BPE vocab (first line should be {FORMAT_HEADER!r}); for OpenAI's files use from_gpt2")
+    header = dict(line.partition(" ")[::2] for line in lines[1:4])
+    if header.get("#pattern") != GPT2_PATTERN:
+        fail(2, f"expected '#pattern {GPT2_PATTERN}' (the only pre-split pattern supported)")
+    num_tokens = header.get("#tokens", "")
+    if not re.fullmatch("[0-9]+", num_tokens) or int(num_tokens) < 256:
+        fail(3, "expected '#tokens N' with N >= 256")
+    num_tokens = int(num_tokens)
+    if header.get("#special") != f"{EOT} {num_tokens}":
+        fail(4, f"expected '#special {EOT} {num_tokens}' (the special token right after the last regular token)")
+
+    token_bytes, byte_values, merges = [], [], {}
+    token_lines = [(lineno, line) for lineno, line in enumerate(lines[4:], start=5) if not line.startswith("#")]
+    for lineno, line in token_lines:
+        token_id = len(token_bytes)
+        match = _TOKEN_LINE.fullmatch(line)
+        if not match:
+            fail(lineno, "expected 'id bytes' or, for a merged token, 'id bytes left_id right_id' (truncated?)")
+        if int(match[1]) != token_id:
+            fail(lineno, f"expected token id {token_id} here (ids must run 0, 1, 2, ... with no gaps or duplicates)")
+        data = _unescape(match[2])
+        if data is None:
+            fail(lineno, f"bad escape in {match[2]!r}")
+        if token_id < 256:
+            if match[3] is not None or len(data) != 1 or data[0] in byte_values:
+                fail(lineno, "ids 0..255 must each be a single byte, every byte exactly once, with no parents")
+            byte_values.append(data[0])
+        else:
+            if match[3] is None:
+                fail(lineno, f"merged token {token_id} lacks its two parent ids (truncated?)")
+            pair = int(match[3]), int(match[4])
+            if max(pair) >= token_id:
+                fail(lineno, f"a merged token's parents must have smaller ids than {token_id}")
+            if token_bytes[pair[0]] + token_bytes[pair[1]] != data:
+                fail(lineno, f"bytes {match[2]!r} are not the bytes of tokens {pair[0]} and {pair[1]} joined")
+            if pair in merges:
+                fail(lineno, f"the pair {pair} was already merged into token {merges[pair]}")
+            merges[pair] = token_id
+        token_bytes.append(data)
+    if len(token_bytes) != num_tokens:
+        fail(len(lines), f"file ends after {len(token_bytes)} of {num_tokens} tokens (truncated?)")
+    return byte_values, list(merges)
 
 
 class BPE:
@@ -494,23 +446,10 @@ class BPE:
         return ids
 
     def encode_file(self, path, num_workers=None, allowed_special=(), progress=False):
-        """Encode a whole UTF-8 file on all cores: the text is cut at newlines where cutting provably changes nothing
-        (see split_for_workers), each piece is encoded in a worker process, and the ids are joined in order.
-        Returns a numpy array, uint16 when the vocab fits (GPT-2's does), else uint32. progress=True shows a bar
-        of pieces done when stderr is a terminal."""
-        text = read_text_file(path)
-        dtype = np.uint16 if self.vocab_size <= 1 << 16 else np.uint32
-        num_workers = num_workers or usable_cores()
-        specials = self._allowed_specials(allowed_special)
-        if num_workers == 1 or len(text) < _MIN_PARALLEL_CHARS:
-            return np.array(self.encode(text, specials), dtype=dtype)
-        # Several pieces per worker balance the load; at most ~4 MB each bounds a worker's memory on big files.
-        pieces = split_for_workers(text, max(4 * num_workers, len(text) >> 22), specials)
-        show = progress and sys.stderr.isatty()
-        # With the fork start method (Linux) the workers inherit this object, warm cache included, without pickling.
-        with multiprocessing.Pool(num_workers, initializer=_init_worker, initargs=(self, specials, dtype)) as pool:
-            arrays = pool.imap(_encode_in_worker, pieces, chunksize=1)
-            return np.concatenate(list(tqdm(arrays, total=len(pieces), desc="Encoding", disable=not show)))
+        """Encode a whole UTF-8 file on all cores, with exactly the ids of encode (see part 3). Returns a numpy
+        array, uint16 when the vocab fits (GPT-2's does), else uint32. progress=True shows a bar of pieces done when
+        stderr is a terminal."""
+        return encode_file_in_parallel(self, path, num_workers, allowed_special, progress)
 
     def _check_ids(self, ids):
         if len(ids) and (min(ids) < 0 or max(ids) >= self.vocab_size):
@@ -544,19 +483,7 @@ class BPE:
     # ---- files ----
 
     def _serialize(self):
-        lines = [
-            FORMAT_HEADER,
-            f"#pattern {GPT2_PATTERN}",
-            f"#tokens {self._eot_id}",
-            f"#special {EOT} {self._eot_id}",
-            "# one token per line: id, its bytes (printable ASCII as-is, ␣ = space, \\\\ = backslash, \\xNN = other"
-            " bytes), and for merged tokens the two ids merged (the merge order is the id order)",
-        ]
-        for token_id, data in enumerate(self._token_bytes[: self._eot_id]):
-            text = "".join(_ESCAPES[b] for b in data)
-            parents = self._parents.get(token_id)
-            lines.append(f"{token_id} {text} {parents[0]} {parents[1]}" if parents else f"{token_id} {text}")
-        return "\n".join(lines) + "\n"
+        return _format_vocab(self._token_bytes[: self._eot_id], self._parents)
 
     def save(self):
         """Write the vocab to vocab_path atomically (see atomic_write): a crash never leaves half a vocab."""
@@ -573,88 +500,98 @@ class BPE:
 
     @classmethod
     def from_gpt2(cls, encoder_json_path, vocab_bpe_path, vocab_path="vocab.txt"):
-        """Load OpenAI's GPT-2 files (encoder.json: token -> id, vocab.bpe: the merges in rank order), whose tokens
-        are spelled with GPT-2's byte-to-unicode characters ("Ġthe" is b" the"). Encodes exactly like tiktoken."""
-        try:
-            encoder = json.loads(read_text_file(encoder_json_path))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{encoder_json_path} is not valid JSON: {e.msg} (line {e.lineno})") from e
-        byte_decoder = {char: b for b, char in _gpt2_bytes_to_unicode().items()}
-        id_to_token = {token_id: token for token, token_id in encoder.items() if token != EOT}
-        byte_values = []
-        for token_id in range(256):
-            token = id_to_token.get(token_id, "")
-            if len(token) != 1 or token not in byte_decoder:
-                raise UserError(f"{encoder_json_path}: id {token_id} should be a single byte, found {token!r}")
-            byte_values.append(byte_decoder[token])
-        merges = []
-        lines = read_text_file(vocab_bpe_path).split("\n")
-        lines = [line for line in lines[1 if lines[0].startswith("#version") else 0 :] if line]
-        for rank, line in enumerate(lines):
-            left, _, right = line.partition(" ")
-            ids = encoder.get(left), encoder.get(right), encoder.get(left + right)
-            if None in ids or ids[2] != 256 + rank:
-                raise UserError(f"{vocab_bpe_path}: merge {rank} ({line!r}) does not match {encoder_json_path}")
-            merges.append(ids[:2])
-        if encoder.get(EOT) != 256 + len(merges) or len(encoder) != 257 + len(merges):
-            raise UserError(f"{encoder_json_path} and {vocab_bpe_path} do not belong together")
+        """Load OpenAI's GPT-2 files (encoder.json: token -> id, vocab.bpe: the merges in rank order; see part 2).
+        Encodes exactly like tiktoken."""
+        byte_values, merges = read_gpt2_files(encoder_json_path, vocab_bpe_path)
         bpe = cls(vocab_path)
         bpe._build(byte_values, merges)
         return bpe
 
 
-def _parse_vocab(text, path):
-    """Check and read a vocab file; returns (byte_values, merges) for BPE._build. See BPE._serialize for the format."""
-    lines = text.replace("\r\n", "\n").split("\n")  # a valid file has no raw \r: every such byte is escaped
-    if lines[-1] == "":
-        lines.pop()
+# ======================================================================================================================
+# 2. OpenAI's GPT-2 files: encoder.json and vocab.bpe into the same vocab
+# ======================================================================================================================
+# OpenAI ship GPT-2's vocab as encoder.json (token -> id) and vocab.bpe (the merges in rank order), with every byte
+# spelled as a printable character. Reading them gives the two things that define a vocab here: which byte each of
+# ids 0..255 is, and the list of merged pairs.
 
-    def fail(lineno, message):
-        raise UserError(f"{path}:{lineno}: {message}")
 
-    if lines[0] != FORMAT_HEADER:
-        fail(1, f"not a gpt2-llm BPE vocab (first line should be {FORMAT_HEADER!r}); for OpenAI's files use from_gpt2")
-    header = dict(line.partition(" ")[::2] for line in lines[1:4])
-    if header.get("#pattern") != GPT2_PATTERN:
-        fail(2, f"expected '#pattern {GPT2_PATTERN}' (the only pre-split pattern supported)")
-    num_tokens = header.get("#tokens", "")
-    if not re.fullmatch("[0-9]+", num_tokens) or int(num_tokens) < 256:
-        fail(3, "expected '#tokens N' with N >= 256")
-    num_tokens = int(num_tokens)
-    if header.get("#special") != f"{EOT} {num_tokens}":
-        fail(4, f"expected '#special {EOT} {num_tokens}' (the special token right after the last regular token)")
+def _gpt2_bytes_to_unicode():
+    """GPT-2's files spell each byte as a printable character: printable Latin-1 stands for itself, the other bytes
+    are shifted to U+0100 and up. {32: "Ġ", 97: "a", 10: "Ċ", ...}"""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping = {b: chr(b) for b in printable}
+    for shift, b in enumerate(b for b in range(256) if b not in mapping):
+        mapping[b] = chr(256 + shift)
+    return mapping
 
-    token_bytes, byte_values, merges = [], [], {}
-    token_lines = [(lineno, line) for lineno, line in enumerate(lines[4:], start=5) if not line.startswith("#")]
-    for lineno, line in token_lines:
-        token_id = len(token_bytes)
-        match = _TOKEN_LINE.fullmatch(line)
+
+def read_gpt2_files(encoder_json_path, vocab_bpe_path):
+    """(byte_values, merges) for BPE._build from OpenAI's files, whose tokens are spelled with GPT-2's
+    byte-to-unicode characters ("Ġthe" is b" the"); UserError when the two files do not make one vocab.
+
+    read_gpt2_files("encoder.json", "vocab.bpe") -> ([33, 34, ...], [(220, 83), (220, 64), ...])  # Ġ t, Ġ a, ...
+    """
+    try:
+        encoder = json.loads(read_text_file(encoder_json_path))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{encoder_json_path} is not valid JSON: {e.msg} (line {e.lineno})") from e
+    byte_decoder = {char: b for b, char in _gpt2_bytes_to_unicode().items()}
+    id_to_token = {token_id: token for token, token_id in encoder.items() if token != EOT}
+    byte_values = []
+    for token_id in range(256):
+        token = id_to_token.get(token_id, "")
+        if len(token) != 1 or token not in byte_decoder:
+            raise UserError(f"{encoder_json_path}: id {token_id} should be a single byte, found {token!r}")
+        byte_values.append(byte_decoder[token])
+    merges = []
+    lines = read_text_file(vocab_bpe_path).split("\n")
+    lines = [line for line in lines[1 if lines[0].startswith("#version") else 0 :] if line]
+    for rank, line in enumerate(lines):
+        left, _, right = line.partition(" ")
+        ids = encoder.get(left), encoder.get(right), encoder.get(left + right)
+        if None in ids or ids[2] != 256 + rank:
+            raise UserError(f"{vocab_bpe_path}: merge {rank} ({line!r}) does not match {encoder_json_path}")
+        merges.append(ids[:2])
+    if encoder.get(EOT) != 256 + len(merges) or len(encoder) != 257 + len(merges):
+        raise UserError(f"{encoder_json_path} and {vocab_bpe_path} do not belong together")
+    return byte_values, merges
+
+
+# ======================================================================================================================
+# 3. The parallel file encoder: big files on all cores, with exactly the ids of encode
+# ======================================================================================================================
+# A text is cut only where cutting provably changes no token; each piece is encoded in a worker process and the ids
+# are joined in order.
+
+_MIN_PARALLEL_CHARS = 1 << 19  # below ~0.5 MB, starting processes (~20 ms) costs more than it saves
+
+# Where a text can be cut without changing its tokens: just before a newline that ends a whitespace run. Proof: the
+# last whitespace char before a non-space is always a chunk of its own when it is a newline (" ?" only takes spaces),
+# and the run before it is one chunk either way, because `\s+(?!\S)` stops before that newline in the whole text and
+# at the end of the piece alone. Nothing in the pattern looks behind, so the rest encodes the same.
+_SAFE_CUT = regex.compile(r"\n(?=\S)")
+
+
+def split_for_workers(text, num_pieces, specials=()):
+    """Cut text into about num_pieces parts at safe newlines (see _SAFE_CUT), so that encoding the parts one by one
+    gives exactly the ids of encoding the whole. A cut never lands just before one of `specials`.
+
+    split_for_workers("a\\nb\\nc", 3) -> ["a", "\\nb", "\\nc"]
+    """
+    specials = tuple(specials)
+    step = max(1, len(text) // max(1, num_pieces))
+    pieces, start = [], 0
+    while True:
+        match = _SAFE_CUT.search(text, max(start + 1, start + step))
+        while match and specials and text.startswith(specials, match.end()):
+            match = _SAFE_CUT.search(text, match.end())
         if not match:
-            fail(lineno, "expected 'id bytes' or, for a merged token, 'id bytes left_id right_id' (truncated?)")
-        if int(match[1]) != token_id:
-            fail(lineno, f"expected token id {token_id} here (ids must run 0, 1, 2, ... with no gaps or duplicates)")
-        data = _unescape(match[2])
-        if data is None:
-            fail(lineno, f"bad escape in {match[2]!r}")
-        if token_id < 256:
-            if match[3] is not None or len(data) != 1 or data[0] in byte_values:
-                fail(lineno, "ids 0..255 must each be a single byte, every byte exactly once, with no parents")
-            byte_values.append(data[0])
-        else:
-            if match[3] is None:
-                fail(lineno, f"merged token {token_id} lacks its two parent ids (truncated?)")
-            pair = int(match[3]), int(match[4])
-            if max(pair) >= token_id:
-                fail(lineno, f"a merged token's parents must have smaller ids than {token_id}")
-            if token_bytes[pair[0]] + token_bytes[pair[1]] != data:
-                fail(lineno, f"bytes {match[2]!r} are not the bytes of tokens {pair[0]} and {pair[1]} joined")
-            if pair in merges:
-                fail(lineno, f"the pair {pair} was already merged into token {merges[pair]}")
-            merges[pair] = token_id
-        token_bytes.append(data)
-    if len(token_bytes) != num_tokens:
-        fail(len(lines), f"file ends after {len(token_bytes)} of {num_tokens} tokens (truncated?)")
-    return byte_values, list(merges)
+            break
+        pieces.append(text[start : match.start()])
+        start = match.start()
+    pieces.append(text[start:])
+    return pieces
 
 
 def usable_cores():
@@ -662,7 +599,25 @@ def usable_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-_worker_state = None
+def encode_file_in_parallel(bpe, path, num_workers=None, allowed_special=(), progress=False):
+    """BPE.encode_file: read the file, cut it with split_for_workers, encode the pieces in a pool of worker
+    processes and join the ids in order. Small files and num_workers=1 are encoded here, in one process."""
+    text = read_text_file(path)
+    dtype = np.uint16 if bpe.vocab_size <= 1 << 16 else np.uint32
+    num_workers = num_workers or usable_cores()
+    specials = bpe._allowed_specials(allowed_special)
+    if num_workers == 1 or len(text) < _MIN_PARALLEL_CHARS:
+        return np.array(bpe.encode(text, specials), dtype=dtype)
+    # Several pieces per worker balance the load; at most ~4 MB each bounds a worker's memory on big files.
+    pieces = split_for_workers(text, max(4 * num_workers, len(text) >> 22), specials)
+    show = progress and sys.stderr.isatty()
+    # With the fork start method (Linux) the workers inherit bpe, warm cache included, without pickling.
+    with multiprocessing.Pool(num_workers, initializer=_init_worker, initargs=(bpe, specials, dtype)) as pool:
+        arrays = pool.imap(_encode_in_worker, pieces, chunksize=1)
+        return np.concatenate(list(tqdm(arrays, total=len(pieces), desc="Encoding", disable=not show)))
+
+
+_worker_state = None  # (bpe, specials, dtype), set once per worker by the pool's initializer, not per piece
 
 
 def _init_worker(bpe, specials, dtype):
@@ -673,3 +628,134 @@ def _init_worker(bpe, specials, dtype):
 def _encode_in_worker(piece):
     bpe, specials, dtype = _worker_state
     return np.array(bpe.encode(piece, specials), dtype=dtype)
+
+
+# ======================================================================================================================
+# Shared with the package: the user-error type and the file helpers
+# ======================================================================================================================
+# They live here, in the lowest layer, because the tokenizer needs them and must not import the gpt2_llm package.
+
+
+class UserError(Exception):
+    """A mistake the user can fix (a bad file, a bad id, a mismatched vocab); the message says what and how.
+
+    The one such exception type of the whole project. It is defined here, in the lowest layer, because the
+    tokenizer needs it and must not import the gpt2_llm package (which imports the tokenizer);
+    gpt2_llm.errors re-exports it. The CLI turns it into one line on stderr and exit code 2.
+    """
+
+
+def atomic_write(path, data, mode=0o644):
+    """Write a file so that readers see the old file or the new one, never half of one.
+
+    data: bytes, str (written as UTF-8), or a function that writes the file at the path it is given
+    (for writers that want a path: safetensors' save_file, np.save). The bytes go to a temp file
+    beside `path` (same filesystem), are fsynced, and os.replace puts them in place; on any failure
+    the temp file is removed and `path` is as it was. A temp file is named after the process that
+    writes it (`.name.<pid>.<random>.tmp`), so one left by a process that was killed -9 mid-write is
+    removed by the next write of the same file (those of live processes are left alone).
+
+        atomic_write("vocab.txt", "text")                  # str or bytes
+        atomic_write("m.safetensors", lambda tmp: save_file(tensors, tmp))
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    remove_stale_temp_files(folder, name)
+    fd, temp_path = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+    try:
+        if callable(data):
+            os.close(fd)
+            data(temp_path)
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(temp_path, mode)  # mkstemp makes it owner-only (and some writers recreate the file)
+        with open(temp_path, "rb") as f:
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(temp_path, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(temp_path)
+        raise
+    _fsync_folder(folder)
+
+
+def remove_stale_temp_files(folder, name):
+    """Delete `.name.<pid>.*.tmp` files in folder whose writing process no longer exists."""
+    prefix = f".{name}."
+    try:
+        candidates = [f for f in os.listdir(folder) if f.startswith(prefix) and f.endswith(".tmp")]
+    except OSError:
+        return
+    for candidate in candidates:
+        pid = candidate[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or _process_exists(int(pid)):
+            continue
+        with suppress(OSError):
+            os.unlink(os.path.join(folder, candidate))
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or a platform without signals: leave its file alone
+    return True
+
+
+def _fsync_folder(folder):
+    """Make the rename itself durable (POSIX); some platforms cannot open or fsync folders."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # e.g. filesystems that refuse fsync on folders: the rename still happened
+    finally:
+        os.close(fd)
+
+
+def read_text_file(path):
+    """Read a whole UTF-8 text file exactly (no newline translation), or raise UserError saying what is wrong.
+
+    read_text_file("windows.txt") -> "a\\r\\nb"  (newlines kept as they are in the file)
+    """
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a directory, expected a text file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from e
+    if not data:
+        raise UserError(f"{path} is empty")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); convert it to UTF-8 first"
+        ) from e
+
+
+def parse_ids_json(text, vocab_size):
+    """Parse a JSON list of token ids for `decode`, checking each is an int in [0, vocab_size).
+
+    parse_ids_json("[15496, 995]", 50257) -> [15496, 995]
+    """
+    try:
+        ids = json.loads(text)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, an int of > 4300 digits, absurd nesting
+        detail = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
+        raise UserError(f"token ids are not valid JSON ({detail}); expected a list like [15496, 995]") from None
+    if not isinstance(ids, list) or not all(type(i) is int for i in ids):
+        raise UserError("token ids must be a JSON list of integers, like [15496, 995]")
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise UserError(f"token id {bad[0]} is out of range: this vocab has ids 0..{vocab_size - 1}")
+    return ids

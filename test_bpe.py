@@ -1,5 +1,7 @@
 """Tests for bpe.py: exact parity with tiktoken on GPT-2's files, exact round trips, training against a naive
 reference, the vocab file format, and the multi-process encode_file against plain encode."""
+import errno
+import hashlib
 import json
 import os
 import subprocess
@@ -359,10 +361,33 @@ def test_vocab_file_is_human_readable(trained, tmp_path):
     assert any(line.startswith(f"{the_id[0]} ␣the ") for line in lines)
 
 
-def test_fingerprint(trained, small_trained, gpt2):
+def test_fingerprint_is_the_sha256_of_the_vocab_file(trained, small_trained, gpt2, tmp_path):
     prints = {trained.fingerprint(), small_trained.fingerprint(), gpt2.fingerprint()}
-    assert len(prints) == 3 and all(len(p) == 64 and int(p, 16) >= 0 for p in prints)
+    assert len(prints) == 3 and all(regex.fullmatch("[0-9a-f]{64}", p) for p in prints)
+    small_trained.vocab_path = str(tmp_path / "vocab.txt")
+    small_trained.save()
+    assert small_trained.fingerprint() == hashlib.sha256((tmp_path / "vocab.txt").read_bytes()).hexdigest()
     assert BPE().fingerprint() == BPE().fingerprint()
+
+
+def test_fingerprint_changes_with_one_merge_more(corpus):
+    prints = []
+    for vocab_size in (299, 300):
+        bpe = BPE()
+        bpe.set_vocab_size(vocab_size)
+        bpe.create_vocab(corpus[:20_000], verbose=False)
+        prints.append(bpe.fingerprint())
+    assert prints[0] != prints[1]
+
+
+def test_fingerprint_follows_the_vocab_loaded_into_the_same_object(trained, small_trained, tmp_path):
+    for bpe, name in ((trained, "big.txt"), (small_trained, "small.txt")):
+        bpe.vocab_path = str(tmp_path / name)
+        bpe.save()
+    bpe = BPE(str(tmp_path / "small.txt"))
+    assert bpe.load() and bpe.fingerprint() == small_trained.fingerprint()
+    bpe.vocab_path = str(tmp_path / "big.txt")
+    assert bpe.load() and bpe.fingerprint() == trained.fingerprint()  # not the cached fingerprint of the old vocab
 
 
 def test_load_missing_file_returns_false(tmp_path):
@@ -515,7 +540,10 @@ def test_encode_file_equals_encode(gpt2, corpus, tmp_path, monkeypatch, specials
     path = tmp_path / "data.txt"
     path.write_bytes(text.encode("utf-8"))
     monkeypatch.setattr(bpe_module, "_MIN_PARALLEL_CHARS", 0)  # force the multi-process path on a small file
+    pools, real_pool = [], bpe_module.multiprocessing.Pool
+    monkeypatch.setattr(bpe_module.multiprocessing, "Pool", lambda *a, **k: pools.append(a) or real_pool(*a, **k))
     ids = gpt2.encode_file(str(path), num_workers=2, allowed_special=specials)
+    assert pools and pools[0][0] == 2  # the ids below came from two worker processes, not from a fallback
     assert ids.dtype == np.uint16
     assert ids.tolist() == gpt2.encode(text, allowed_special=specials)
     assert gpt2.encode_file(str(path), num_workers=1, allowed_special=specials).tolist() == ids.tolist()
@@ -552,6 +580,19 @@ def test_read_text_file_unreadable(tmp_path):
         read_text_file(str(path))
 
 
+def test_read_text_file_unreadable_even_as_root(tmp_path, monkeypatch):
+    # CI runs as root, which reads a chmod-000 file: refuse the open itself, as the OS does for other users.
+    path = tmp_path / "secret.txt"
+    path.write_text("x")
+
+    def refuse(file, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), file)
+
+    monkeypatch.setattr(bpe_module, "open", refuse, raising=False)  # shadows the builtin inside bpe only
+    with pytest.raises(UserError, match=f"cannot read {regex.escape(str(path))}: {os.strerror(errno.EACCES)}"):
+        read_text_file(str(path))
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -575,6 +616,11 @@ def test_parse_ids_json_ok(gpt2):
     assert parse_ids_json("[]", 10) == []
 
 
-def test_bpe_does_not_import_torch():
-    code = "import sys, bpe; assert 'torch' not in sys.modules, 'bpe imported torch'"
+def test_bpe_imports_neither_torch_nor_the_package():
+    # torch: the tokenizer commands start fast; gpt2_llm: the package imports bpe, never the other way round.
+    code = "import sys, bpe; assert not {'torch', 'gpt2_llm'} & set(sys.modules), sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], cwd=HERE, check=True)
+
+
+def test_the_package_raises_the_tokenizers_user_error():
+    assert UserError is bpe_module.UserError  # one exception type: `except UserError` catches the tokenizer's too
