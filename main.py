@@ -1,4 +1,4 @@
-"""gpt2-llm command line: tokenize, encode, decode, train, predict, finetune, merge, plot.
+"""gpt2-llm command line: tokenize, encode, decode, train, predict, finetune, merge, plot, check.
 
     python main.py tokenize <file>                 # learn a BPE vocabulary -> vocab.txt
     python main.py encode <text> [vocab]           # text -> JSON list of ids
@@ -7,6 +7,7 @@
     python main.py predict <prompt> <num_tokens> [model] [vocab]
     python main.py finetune <file> [vocab] --base CHECKPOINT | --pretrained DIR
     python main.py merge <adapter> [vocab]
+    python main.py check <checkpoint> <vocab>      # do they belong together? (exit 0 yes, 1 no)
 
 Each command lives in gpt2_llm/commands/<name>.py, which adds its own arguments and runs it.
 Mistakes a user can make surface as one line on stderr and exit code 2, never a traceback.
@@ -26,6 +27,7 @@ COMMANDS = {
     "finetune": ("finetune_command", "fine-tune a trained model on new text: LoRA adapters, or --full"),
     "merge": ("merge_command", "fold a LoRA adapter into a whole checkpoint"),
     "plot": ("plot_command", "plot the loss curves of a training metrics log"),
+    "check": ("check_command", "diagnose whether a checkpoint and a vocabulary belong together"),
 }
 
 

@@ -53,9 +53,9 @@ def build_models():
     return ours.train(), hf.train()
 
 
-def ours_step(model, x, y, autocast, math_attention):
+def ours_step(model, x, y, autocast, kernel):
     def step():
-        model.use_math_attention(math_attention)
+        model.set_attention_kernel(kernel)
         with autocast():
             loss = model.loss(x, y)
         loss.backward()
@@ -112,19 +112,19 @@ def main():
         f"median of {args.steps} steps after {args.warmup} warm-up\n"
     )
     bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
-    plans = [  # (precision, autocast, {row label: our attention path})
-        ("fp32", contextlib.nullcontext, {"fp32": False}),
-        ("bf16", bf16, {"bf16 autocast": True, "bf16 autocast, SDPA": False}),
+    plans = [  # (precision, autocast, {row label: our attention kernel}); "auto" is the model's default choice
+        ("fp32", contextlib.nullcontext, {"fp32": "auto"}),
+        ("bf16", bf16, {"bf16 autocast": "auto", "bf16 autocast, SDPA": "sdpa"}),
     ]
     rows = []
     for _, autocast, ours_rows in plans:
-        steps = {label: ours_step(ours, x, y, autocast, math) for label, math in ours_rows.items()}
+        steps = {label: ours_step(ours, x, y, autocast, kernel) for label, kernel in ours_rows.items()}
         steps["hf"] = hf_step(hf, x, autocast)
         result = median_step_seconds(steps, args.warmup, args.steps)
         hf_seconds, hf_loss = result["hf"]
-        for label, math in ours_rows.items():
+        for label, kernel in ours_rows.items():
             seconds, loss = result[label]
-            rows.append((label, "math" if math else "SDPA", seconds, hf_seconds, loss, hf_loss))
+            rows.append((label, kernel, seconds, hf_seconds, loss, hf_loss))
 
     tokens = BATCH * T
     header = f"{'precision':<20} {'ours attn':>9} {'ours tok/s':>10} {'HF tok/s':>9} {'ours/HF':>8} {'target':>7}  met"

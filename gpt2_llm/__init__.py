@@ -9,7 +9,7 @@ _EXPORTS = {
     "GPT2Config": "gpt2_llm.config",
     "PRESETS": "gpt2_llm.config",
     "GPT2": "gpt2_llm.gpt2",
-    "QKVAttention": "gpt2_llm.attention",
+    "CausalSelfAttention": "gpt2_llm.attention",
     "RotaryPositionEmbedding": "gpt2_llm.attention",
     "GPT2Decoder": "gpt2_llm.decoder",
     "DecoderBlock": "gpt2_llm.decoder",

@@ -8,16 +8,17 @@ Layout of one file:
               JSON-encoded under its own key: config=<GPT2Config as JSON>, step=..., ...
 
 Safetensors, never pickle: unpickling a file can run arbitrary code, so a pickled file is refused.
-Writes are atomic (temporary file + fsync + os.replace): a crash leaves the old file intact.
+Writes are atomic (bpe.atomic_write: temp file + fsync + os.replace): a crash leaves the old file intact,
+and the temp file of a writer killed mid-write is removed by the next write of the same file.
 """
 import json
 import os
-import tempfile
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from bpe import atomic_write
 from gpt2_llm.config import GPT2Config
 from gpt2_llm.errors import UserError
 
@@ -42,40 +43,9 @@ _WHY = {
 
 
 def write_safetensors(path, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> None:
-    """Write a safetensors file atomically: temp file in the same directory, fsync, os.replace.
-
-    On any failure the previous file at `path` is untouched and the temp file is removed.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    """Write a safetensors file atomically; on any failure the previous file at `path` is untouched."""
     tensors = {key: t.detach().to("cpu").contiguous() for key, t in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        os.close(fd)
-        save_file(tensors, tmp, metadata=header)  # (re)creates the file: set its mode afterwards
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a checkpoint is an ordinary file
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory):
-    """Make the rename itself durable (POSIX); some platforms cannot open directories."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # e.g. filesystems that refuse fsync on directories: the rename still happened
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda temp_path: save_file(tensors, temp_path, metadata=header))
 
 
 def save_checkpoint(path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:

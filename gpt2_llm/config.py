@@ -1,10 +1,14 @@
-"""GPT2Config: the one description of a model's shape, saved inside every checkpoint.
+"""The configs: GPT2Config (a model's shape), TrainingConfig (how to train it), and the preset table
+that names a shape together with the training settings that suit it.
 
-Loading a checkpoint therefore needs no flags: the config travels with the weights.
+Both configs are saved inside every checkpoint, so loading or resuming one needs no flags.
 """
+import math
 from dataclasses import asdict, dataclass, fields
 
 from gpt2_llm.errors import UserError
+
+DEFAULT_MODEL = "gpt2_model.pt"  # the checkpoint `train` writes and `predict` reads when given none
 
 
 @dataclass
@@ -31,8 +35,8 @@ class GPT2Config:
                 raise UserError(f"config {name} must be true or false, got {getattr(self, name)!r}")
         for name in ("dropout", "rope_base", "layer_norm_eps"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UserError(f"config {name} must be a number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(f"config {name} must be a finite number, got {value!r}")
             setattr(self, name, float(value))
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"config dropout must be in [0, 1), got {self.dropout}")
@@ -80,15 +84,83 @@ def _check_positive_int(name, value):
         raise UserError(f"config {name} must be a positive integer, got {value!r}")
 
 
-# Named shapes for the CLI and the trainer; vocab_size comes from the tokenizer, so it is not here.
-PRESETS: dict[str, dict] = {
-    # A few seconds per step on a laptop CPU: for tests and smoke runs.
-    "tiny": dict(num_layers=4, embedding_dim=128, num_heads=4, max_seq_len=128),
-    # The best a 2-core CPU trains in ~100 s (measured: see README "quick preset"). With a ~10k
-    # vocab the tied head is most of the compute, so a wider or deeper body only costs tokens.
-    "quick": dict(num_layers=4, embedding_dim=128, num_heads=4, max_seq_len=128),
+@dataclass
+class TrainingConfig:
+    """How to train; saved in every checkpoint so that a resumed run continues the same way."""
+
+    context_length: int  # tokens per training window (at most the model's max_seq_len)
+    batch_size: int  # windows per micro-batch
+    learning_rate: float  # peak lr, reached after warmup
+    grad_accum: int = 1  # micro-batches per optimizer step: the effective batch is batch_size * grad_accum
+    warmup_steps: int | None = None  # None: 5% of the run, at most 100 steps
+    min_lr_ratio: float = 0.1  # the cosine ends at this fraction of the peak lr
+    weight_decay: float = 0.1  # on matrices only
+    betas: tuple = (0.9, 0.95)  # GPT-3's: a shorter memory for the second moment than Adam's 0.999
+    grad_clip: float = 1.0
+    seed: int = 1337
+    val_fraction: float = 0.1  # the last 10% of the file is validation, never trained on
+    eval_interval: int = 250  # steps between evaluations (and checkpoints)
+    eval_tokens: int = 32768  # val tokens scored per evaluation: the same windows every time
+    sample_tokens: int = 48  # tokens of sample text printed at each evaluation; 0 for none
+    eval_at_start: bool = False  # also evaluate before a new run's first step (fine-tuning: the base's score)
+    dtype: str | None = None  # fp32, bf16, fp16; None: bf16 where the hardware has it (then saved as chosen)
+    # Where and how to run: these describe this machine, not the run, so a resume may change them.
+    device: str | None = None  # None: cuda, then mps, then cpu
+    compile: bool = False  # torch.compile the forward + loss
+    log_file: str | None = None  # JSON-lines metrics log
+    progress: bool = True  # show a progress bar
+    grad_checkpoint: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
+    fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state instead of replicating them
+
+    MACHINE_FIELDS = ("device", "compile", "log_file", "progress", "grad_checkpoint", "fsdp")
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        for name in ("context_length", "batch_size", "grad_accum", "eval_interval", "eval_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if not self.learning_rate > 0:
+            raise UserError(f"learning rate must be positive, got {self.learning_rate}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise UserError(f"warmup steps must be >= 0, got {self.warmup_steps}")
+
+    def run_settings(self) -> dict:
+        """The fields that shape the training math (saved in checkpoints; machine fields are not)."""
+        return {k: v for k, v in asdict(self).items() if k not in self.MACHINE_FIELDS}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model shape and the training settings that go with it."""
+
+    summary: str  # one line for --help
+    shape: dict  # GPT2Config fields; vocab_size comes from the tokenizer, so it is not here
+    training: dict  # TrainingConfig fields: batch size, lr, warmup, evaluation
+
+
+# The one preset table: the CLI's --preset, the trainer and the benchmarks all read it.
+PRESET_TABLE: dict[str, Preset] = {
+    # Seconds, not minutes: for tests and smoke runs, where only "does it run" matters.
+    "tiny": Preset("2x64, context 64: for tests and smoke runs",
+                   dict(num_layers=2, embedding_dim=64, num_heads=2, max_seq_len=64),
+                   dict(batch_size=8, learning_rate=1e-3, warmup_steps=20, eval_interval=100)),
+    # The best a 2-core CPU trains in ~100 s (measured: see README "quick preset"). With a ~10k vocab the
+    # tied head is most of the compute, so a wider or deeper body only costs tokens. Small batches (more
+    # updates per second) and a high lr, which a 4x128 model takes well.
+    "quick": Preset("4x128, context 128: the best model a 2-core CPU trains in a few minutes",
+                    dict(num_layers=4, embedding_dim=128, num_heads=4, max_seq_len=128),
+                    dict(batch_size=8, learning_rate=2e-3, warmup_steps=60, eval_interval=250, eval_tokens=65536)),
     # The benchmark's shape: GPT-2 depth at ~60% width and a quarter of the context.
-    "small": dict(num_layers=12, embedding_dim=480, num_heads=12, max_seq_len=256),
+    "small": Preset("12x480, context 256",
+                    dict(num_layers=12, embedding_dim=480, num_heads=12, max_seq_len=256),
+                    dict(batch_size=4, learning_rate=3e-4, warmup_steps=100, eval_interval=250)),
     # GPT-2 small (124M with the 50257-token vocabulary).
-    "gpt2": dict(num_layers=12, embedding_dim=768, num_heads=12, max_seq_len=1024),
+    "gpt2": Preset("GPT-2 small, 12x768, context 1024",
+                   dict(num_layers=12, embedding_dim=768, num_heads=12, max_seq_len=1024),
+                   dict(batch_size=16, learning_rate=6e-4, warmup_steps=200, eval_interval=500)),
 }
+DEFAULT_PRESET = "small"
+
+# The shapes alone, as the API has always offered them: GPT2(vocab_size=..., **PRESETS["small"]).
+PRESETS: dict[str, dict] = {name: preset.shape for name, preset in PRESET_TABLE.items()}

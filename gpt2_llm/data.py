@@ -9,13 +9,13 @@ evaluation uses fixed, non-overlapping windows of the val part, so every eval sc
 """
 import hashlib
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bpe import atomic_write
 from gpt2_llm.errors import UserError
 
 
@@ -28,11 +28,6 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def vocab_fingerprint(bpe) -> str:
-    """The vocabulary's stable sha256; checkpoints store it to refuse a mismatched vocab."""
-    return bpe.fingerprint()
-
-
 def token_dtype(vocab_size: int):
     """Smallest unsigned dtype that holds every id: token_dtype(8192) -> uint16."""
     return np.uint16 if vocab_size <= 1 << 16 else np.uint32
@@ -40,7 +35,7 @@ def token_dtype(vocab_size: int):
 
 def cache_key(text_path, bpe) -> str:
     """Short hex key of (file contents, vocab): 16 hex digits are plenty to tell versions apart."""
-    return hashlib.sha256(f"{file_sha256(text_path)}:{vocab_fingerprint(bpe)}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{file_sha256(text_path)}:{bpe.fingerprint()}".encode()).hexdigest()[:16]
 
 
 def cache_path(text_path, key) -> Path:
@@ -79,19 +74,15 @@ def load_tokens(text_path, bpe, log=print) -> np.ndarray:
 
 
 def save_array_atomic(path, array: np.ndarray) -> None:
-    """np.save to a temp file in the same directory, then rename: readers never see half a file."""
+    """np.save through atomic_write (in a folder it creates if needed): readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(temp_path):
+        with open(temp_path, "wb") as f:  # a file object: np.save would add ".npy" to a bare path
             np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def token_byte_lengths(bpe, size: int) -> np.ndarray:

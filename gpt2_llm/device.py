@@ -75,16 +75,6 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def explicit_attention_is_faster(device: torch.device, dtype: torch.dtype, context_length: int) -> bool:
-    """Whether attention_math (matmul, softmax, matmul) beats the fused SDPA kernel here.
-
-    On CPU in bf16 it does for contexts up to ~512 (forward + backward on one Zen4 core: 2.4x at
-    T=128, 1.4x at 256, 1.6x at 512, but 0.8x at 1024, where the T x T scores also cost memory);
-    in fp32 and on GPUs the fused kernel wins.
-    """
-    return device.type == "cpu" and dtype == torch.bfloat16 and context_length <= 512
-
-
 def keep_freed_memory_on_cpu() -> None:
     """Stop glibc from handing each step's freed activations back to the OS (Linux only).
 

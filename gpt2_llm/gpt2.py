@@ -2,10 +2,11 @@
 
     ids (B, T) -> wte + wpe -> GPT2Decoder -> ln_f -> lm_head (= wte.weight) -> logits (B, T, V)
 
-The model reads no files and prints nothing; `save`/`load`/`from_pretrained` are thin doors to
-checkpoint.py and hf_interop.py, where the I/O lives.
+The model reads no files and prints nothing; `save`/`load`/`from_checkpoint`/`from_pretrained` are
+thin doors to checkpoint.py, hf_interop.py and loading.py, where the I/O lives.
 """
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from gpt2_llm import checkpoint, hf_interop, inference
 from gpt2_llm.attention import KERNELS, CausalSelfAttention
 from gpt2_llm.config import GPT2Config
 from gpt2_llm.decoder import GPT2Decoder
+from gpt2_llm.device import keep_freed_memory_on_cpu
 from gpt2_llm.errors import UserError
 from gpt2_llm.kv_cache import KVCache
 from gpt2_llm.lookup_nn import TokenEmbedding
@@ -55,6 +57,10 @@ class GPT2(nn.Module):
         # One Parameter, so it gets one gradient (the sum of both uses) and is stored once.
         self.lm_head.weight = self.wte.weight
         self._init_weights()
+        # A training step on a CPU frees and reallocates the same activations every step; by default glibc
+        # hands them back to the OS and page-faults them in again, a fifth of a small model's step. Set here,
+        # not in the Trainer, so that a plain `model.loss(...).backward()` loop is as fast (see device.py).
+        keep_freed_memory_on_cpu()
 
     @classmethod
     def from_config(cls, config: GPT2Config) -> "GPT2":
@@ -197,19 +203,17 @@ class GPT2(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path) -> "GPT2":
-        """Build the model described by a checkpoint's stored config and load its weights."""
-        tensors, metadata = checkpoint.load_checkpoint(path)
-        model = cls.from_config(checkpoint.config_from_metadata(metadata, path))
-        checkpoint.copy_model_tensors(model, tensors, metadata, path)
-        return model
+        """Build the model described by a checkpoint's stored config and load its weights (loading.py)."""
+        from gpt2_llm.loading import load_model  # the one loader; it imports this module
+
+        return load_model(path)[0]
 
     @classmethod
     def from_pretrained(cls, directory) -> "GPT2":
         """Load a Hugging Face GPT-2 directory (config.json + model.safetensors or pytorch_model.bin)."""
-        config, tensors = hf_interop.read_hf_gpt2(directory)
-        model = cls.from_config(config)
-        checkpoint.copy_model_tensors(model, tensors, {"config": config.to_dict()}, directory)
-        return model
+        if not os.path.isdir(directory):
+            raise UserError(f"{directory} is not a directory; from_pretrained wants a Hugging Face model directory")
+        return cls.from_checkpoint(directory)
 
     def save_pretrained(self, directory) -> None:
         """Write config.json + model.safetensors in Hugging Face's GPT-2 layout."""

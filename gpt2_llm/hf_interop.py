@@ -11,13 +11,13 @@ import json
 import os
 import pickle
 import re
-import tempfile
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from bpe import atomic_write
 from gpt2_llm.checkpoint import model_tensors, write_safetensors
 from gpt2_llm.config import GPT2Config
 from gpt2_llm.errors import UserError
@@ -60,7 +60,8 @@ def _read_config(directory) -> GPT2Config:
         with open(path, encoding="utf-8") as f:
             hf = json.load(f)
     except FileNotFoundError:
-        raise UserError(f"{directory} has no config.json; is it a Hugging Face model directory?") from None
+        raise UserError(f"{directory} has no config.json: pass a gpt2-llm checkpoint file or a Hugging Face "
+                        "GPT-2 directory") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path} is not valid JSON ({error}); re-download or re-save the model") from None
     if hf.get("model_type", "gpt2") != "gpt2":
@@ -156,24 +157,9 @@ def write_hf_gpt2(model, directory) -> None:
         "bos_token_id": 50256 if gpt2_vocab else None,
         "eos_token_id": 50256 if gpt2_vocab else None,
     }
-    _write_text_atomically(os.path.join(directory, "config.json"), json.dumps(hf_config, indent=2) + "\n")
+    atomic_write(os.path.join(directory, "config.json"), json.dumps(hf_config, indent=2) + "\n")
 
 
 def _hf_key(key: str) -> str:
     """'decoder.blocks.3.ln_1.weight' -> 'transformer.h.3.ln_1.weight'; 'wte.weight' -> 'transformer.wte.weight'."""
     return "transformer." + re.sub(r"^decoder\.blocks\.", "h.", key)
-
-
-def _write_text_atomically(path, text):
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -134,8 +134,9 @@ def decoding_model(model: nn.Module) -> nn.Module:
     storage address and version counter.
     """
     weight = next(model.parameters(), None) if isinstance(model, nn.Module) else None
-    if weight is None:
-        return model  # nothing to pack (a stand-in model in a test, say)
+    if weight is None or _is_sharded(model):
+        return model  # nothing to pack (a stand-in model in a test), or FSDP's sharded weights: every rank
+        # must run the model's own forward, whose hooks gather each layer's weights
     device = weight.device
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
     has_linears = any(type(m) is nn.Linear for m in model.modules())  # none after prepare_for_inference
@@ -151,6 +152,15 @@ def decoding_model(model: nn.Module) -> nn.Module:
         decoder = _packed_copy(model, dtype).eval()
     copies[dtype] = (key, decoder)
     return decoder
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP2 (torchrun --fsdp) manages the model: its weights are DTensor shards between forwards."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a PyTorch built without distributed support
+        return False
+    return isinstance(model, FSDPModule)
 
 
 def forget_decoding_model(model: nn.Module) -> None:

@@ -8,89 +8,32 @@ The step (`train_step`) touches no files and prints nothing; the loop around it 
 torchrun (see distributed.py) each rank runs train_step on its own slice of the global batch through
 DistributedDataParallel (or, with --fsdp, FSDP2-sharded), and only rank 0 (`is_main_process`) logs,
 samples and writes checkpoints: whole, unsharded weights, so they resume in one process or in many.
+What a checkpoint holds is train_checkpoint.py's; Ctrl-C and SIGTERM are signals.py's.
 """
 import math
 import random
-import signal
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from tqdm import tqdm
 
-from gpt2_llm import checkpoint, distributed, lora
-from gpt2_llm.data import TokenDataset, load_tokens, token_byte_lengths, vocab_fingerprint
-from gpt2_llm.device import (autocast, dtype_name, explicit_attention_is_faster, keep_freed_memory_on_cpu, pick_device,
-                             pick_dtype)
+from gpt2_llm import checkpoint, distributed, loading, train_checkpoint
+from gpt2_llm.config import DEFAULT_MODEL, DEFAULT_PRESET, PRESET_TABLE, TrainingConfig
+from gpt2_llm.data import TokenDataset, load_tokens, token_byte_lengths
+from gpt2_llm.device import autocast, dtype_name, pick_device, pick_dtype
 from gpt2_llm.errors import UserError
 from gpt2_llm.gpt2 import GPT2, next_token_loss
 from gpt2_llm.metrics import MetricsLog, bits_per_byte
-from gpt2_llm.optim import (learning_rate_at, load_optimizer_state, make_adamw, named_state_from_tensors,
-                            optimizer_state_tensors, tensors_from_named_state)
-from gpt2_llm.train_state import TrainingState, check_vocab_matches, restore_rng_states, rng_states
+from gpt2_llm.optim import learning_rate_at, make_adamw
+from gpt2_llm.signals import GracefulStop
+from gpt2_llm.train_checkpoint import TrainingState
+from gpt2_llm.vocab import check_vocab, load_vocab
 
 # The step budget of a run bounded by --max-time alone: more steps than any run takes.
 UNTIL_MAX_TIME = 1 << 60
-
-# Training settings that go with each model shape in config.PRESETS (batch, lr, warmup, ...).
-TRAINING_PRESETS = {
-    "tiny": dict(batch_size=8, learning_rate=1e-3, warmup_steps=20, eval_interval=100),
-    # Tuned for a 2-core CPU and `--max-time 100` on Shakespeare (see README: quick preset): small
-    # batches (more updates per second) and a high lr, which a 4x128 model takes well.
-    "quick": dict(batch_size=8, learning_rate=2e-3, warmup_steps=60, eval_interval=250, eval_tokens=65536),
-    "small": dict(batch_size=4, learning_rate=3e-4, warmup_steps=100, eval_interval=250),
-    "gpt2": dict(batch_size=16, learning_rate=6e-4, warmup_steps=200, eval_interval=500),
-}
-
-
-@dataclass
-class TrainingConfig:
-    """How to train; saved in every checkpoint so that a resumed run continues the same way."""
-
-    context_length: int  # tokens per training window (at most the model's max_seq_len)
-    batch_size: int  # windows per micro-batch
-    learning_rate: float  # peak lr, reached after warmup
-    grad_accum: int = 1  # micro-batches per optimizer step: the effective batch is batch_size * grad_accum
-    warmup_steps: int | None = None  # None: 5% of the run, at most 100 steps
-    min_lr_ratio: float = 0.1  # the cosine ends at this fraction of the peak lr
-    weight_decay: float = 0.1  # on matrices only
-    betas: tuple = (0.9, 0.95)  # GPT-3's: a shorter memory for the second moment than Adam's 0.999
-    grad_clip: float = 1.0
-    seed: int = 1337
-    val_fraction: float = 0.1  # the last 10% of the file is validation, never trained on
-    eval_interval: int = 250  # steps between evaluations (and checkpoints)
-    eval_tokens: int = 32768  # val tokens scored per evaluation: the same windows every time
-    sample_tokens: int = 48  # tokens of sample text printed at each evaluation; 0 for none
-    eval_at_start: bool = False  # also evaluate before a new run's first step (fine-tuning: the base's score)
-    dtype: str | None = None  # fp32, bf16, fp16; None: bf16 where the hardware has it (then saved as chosen)
-    # Where and how to run: these describe this machine, not the run, so a resume may change them.
-    device: str | None = None  # None: cuda, then mps, then cpu
-    compile: bool = False  # torch.compile the forward + loss
-    log_file: str | None = None  # JSON-lines metrics log
-    progress: bool = True  # show a progress bar
-    grad_checkpoint: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
-    fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state instead of replicating them
-
-    MACHINE_FIELDS = ("device", "compile", "log_file", "progress", "grad_checkpoint", "fsdp")
-
-    def __post_init__(self):
-        self.betas = tuple(self.betas)
-        for name in ("context_length", "batch_size", "grad_accum", "eval_interval", "eval_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if not self.learning_rate > 0:
-            raise UserError(f"learning rate must be positive, got {self.learning_rate}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise UserError(f"warmup steps must be >= 0, got {self.warmup_steps}")
-
-    def run_settings(self) -> dict:
-        """The fields that shape the training math (saved in checkpoints; machine fields are not)."""
-        return {k: v for k, v in asdict(self).items() if k not in self.MACHINE_FIELDS}
 
 
 @dataclass
@@ -119,11 +62,7 @@ class Trainer:
             raise UserError(
                 f"context {config.context_length} is longer than the model's max_seq_len {model.config.max_seq_len}"
             )
-        if bpe.vocab_size > model.config.vocab_size:
-            raise UserError(
-                f"the vocab has {bpe.vocab_size} tokens but the model has only {model.config.vocab_size} "
-                "embedding rows; build the model with vocab_size=bpe.get_model_vocab_size()"
-            )
+        check_vocab(bpe, {}, model.config, "the model (a new one: GPT2(vocab_size=bpe.get_model_vocab_size(), ...))")
         self.bpe = bpe
         self.adapter = adapter
         self.distributed = distributed_context
@@ -138,15 +77,11 @@ class Trainer:
         if config.fsdp and distributed_context is None:
             raise UserError("--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N")
         self.sharded = config.fsdp
-        if self.device.type == "cpu":
-            keep_freed_memory_on_cpu()
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores: ~8x, 10-bit mantissa
             torch.backends.cudnn.allow_tf32 = True
         self.model = model.to(self.device)  # always the plain GPT2: eval, samples and checkpoints use it
         model.decoder.gradient_checkpointing = config.grad_checkpoint
-        if explicit_attention_is_faster(self.device, self.dtype, config.context_length):
-            model.use_math_attention()  # same math, faster kernels here (see device.py)
         if distributed_context is None or config.fsdp:  # FSDP2 hooks model's own forward: model.loss works
             self.train_model = distributed.shard(model) if config.fsdp else model
             loss_fn = model.loss
@@ -171,7 +106,8 @@ class Trainer:
         """A fresh model sized for the vocab at vocab_path (which must exist), and its trainer."""
         bpe = load_vocab(vocab_path)
         torch.manual_seed(seed)  # the initial weights are part of what a seed reproduces
-        model = GPT2(bpe.get_model_vocab_size(), embedding_dim, num_layers, num_heads, max_seq_len, dropout, use_rope)
+        model = GPT2(vocab_size=bpe.get_model_vocab_size(), embedding_dim=embedding_dim, num_layers=num_layers,
+                     num_heads=num_heads, max_seq_len=max_seq_len, dropout=dropout, use_rope=use_rope)
         return cls(model, bpe, max_seq_len, batch_size, learning_rate, seed=seed, **options)
 
     @classmethod
@@ -182,10 +118,8 @@ class Trainer:
         A checkpoint written by model.save (weights only) starts a fresh optimizer.
         """
         tensors, metadata = checkpoint.load_checkpoint(path)
-        config = checkpoint.config_from_metadata(metadata, path)
-        check_vocab_matches(bpe, metadata, config, path)  # before any id can index past the embedding
-        model = GPT2.from_config(config)
-        checkpoint.copy_model_tensors(model, tensors, metadata, path)
+        check_vocab(bpe, metadata, checkpoint.config_from_metadata(metadata, path), path)  # before building it
+        model = loading.model_from_tensors(tensors, metadata, path)
         return cls.resume(model, bpe, tensors, metadata, **options)
 
     @classmethod
@@ -194,14 +128,19 @@ class Trainer:
         checkpoint's run: its training settings, optimizer, schedule position and RNG states."""
         config = model.config
         known = {f.name for f in fields(TrainingConfig)}
-        settings = {**{k: v for k, v in metadata.get("train_args", {}).items() if k in known}, **options}
+        saved = {k: v for k, v in metadata.get("train_args", {}).items() if k in known}
+        settings = {**saved, **options}
         settings.setdefault("context_length", config.max_seq_len)
-        settings.setdefault("batch_size", TRAINING_PRESETS["small"]["batch_size"])
-        settings.setdefault("learning_rate", TRAINING_PRESETS["small"]["learning_rate"])
+        settings.setdefault("batch_size", PRESET_TABLE[DEFAULT_PRESET].training["batch_size"])
+        settings.setdefault("learning_rate", PRESET_TABLE[DEFAULT_PRESET].training["learning_rate"])
         trainer = cls(model, bpe, settings.pop("context_length"), settings.pop("batch_size"),
                       settings.pop("learning_rate"), **settings)
         if "training" in metadata:
             trainer.restore(tensors, metadata)
+        changed = [f"{key} {saved[key]!r} -> {value!r}" for key, value in trainer.config.run_settings().items()
+                   if key in saved and key in options and saved[key] != value]
+        if changed:
+            trainer.say(f"Settings given now replace the checkpoint's: {', '.join(changed)}")
         return trainer
 
     # --- the step: compute only, no I/O ----------------------------------------------------------
@@ -287,10 +226,11 @@ class Trainer:
 
     # --- the loop: schedule, stopping, evaluation, checkpoints, logs --------------------------
 
-    def train(self, filepath, num_epochs: float | None = 1, save_path="gpt2_model.pt", max_steps: int | None = None,
+    def train(self, filepath, num_epochs: float | None = None, save_path=DEFAULT_MODEL, max_steps: int | None = None,
               max_time: float | None = None) -> TrainResult:
         """Train on a text file for num_epochs (or max_steps steps, or max_time seconds, whichever ends
         first), evaluating every eval_interval steps and at the end, checkpointing to save_path.
+        No length given: one epoch, or the rest of a resumed run's saved plan (see plan_run).
         num_epochs None with max_time: as many steps as the time allows, however many epochs that is.
 
         Ctrl-C / SIGTERM finish the current step, save and return with stop_reason "interrupted".
@@ -333,7 +273,7 @@ class Trainer:
                     record.update(self.evaluate_and_save(data, save_path))
                 log.write(record)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{record['tokens_per_s']:,.0f}")
-                bar.update(round(seconds, 3) if state.run_max_time else 1)
+                bar.update(self.progress() - bar.n)
         return TrainResult(stop_reason, state.step, state.last_val_loss, state.last_val_bpb,
                            str(save_path) if self.last_saved_step is not None else None, signals.signal_number)
 
@@ -342,40 +282,36 @@ class Trainer:
         return TokenDataset(tokens, self.config.context_length, self.config.val_fraction)
 
     def plan_run(self, data: TokenDataset, num_epochs, max_steps, max_time) -> None:
-        """Continue the checkpoint's unfinished run as planned, or plan a new one from the current step.
+        """Plan the run these steps belong to, and say which plan that is.
 
-        One epoch = len(train tokens) / tokens per step; max_steps replaces the epoch count.
+        A length (num_epochs, max_steps, max_time: whichever ends first) counts from the current step:
+        on a resumed checkpoint, max_steps=2 (--max-steps 2) means two more steps. A checkpoint of an
+        interrupted run follows its saved plan when no length is given; a length given replaces the rest
+        of it (the run keeps its warmup; its cosine is fitted to the new end). After a finished run a new
+        one starts, with a fresh warmup and cosine. One epoch = len(train tokens) / tokens per step.
         """
         state, config = self.state, self.config
-        tokens_per_step = self.tokens_per_step
-        steps_per_epoch = max(1, len(data.train) // tokens_per_step)
-        if state.step > 0 and not state.run_finished():
-            planned = "" if state.run_total_steps - state.run_start_step >= UNTIL_MAX_TIME else \
-                f" of {state.run_total_steps}"
-            self.say(f"Resuming the interrupted run at step {state.step}{planned}"
-                     + (f" ({state.run_elapsed:.0f}s of {state.run_max_time:.0f}s)" if state.run_max_time else ""))
+        steps_per_epoch = max(1, len(data.train) // self.tokens_per_step)
+        interrupted = state.step > 0 and not state.run_finished()
+        if interrupted and num_epochs is None and max_steps is None and max_time is None:
+            self.say(f"Resuming the interrupted run at step {state.step}, following its saved plan: "
+                     f"{self.plan_summary()} (a --max-steps, --max-time or --epochs given now replaces it)")
         else:
-            if max_steps is not None and max_steps < 1:
-                raise UserError(f"--max-steps must be at least 1, got {max_steps}")
-            if max_time is not None and max_time <= 0:
-                raise UserError(f"--max-time must be positive, got {max_time}")
-            if num_epochs is None and max_time is None:
-                num_epochs = 1
-            if max_steps is None and num_epochs is not None and not num_epochs > 0:
-                raise UserError(f"--epochs must be positive, got {num_epochs}")
-            if max_steps is not None:
-                steps = max_steps
-            elif num_epochs is not None:
-                steps = max(1, round(num_epochs * steps_per_epoch))
+            steps = run_length(steps_per_epoch, num_epochs, max_steps, max_time)
+            if interrupted:
+                state.run_total_steps = state.step + steps
+                state.run_warmup_steps = min(state.run_warmup_steps, state.run_total_steps - state.run_start_step)
+                state.run_max_time = None if max_time is None else state.run_elapsed + max_time
+                self.say(f"Resuming the interrupted run at step {state.step} for the length given now, not its "
+                         f"saved plan: {self.plan_summary()}")
             else:
-                steps = UNTIL_MAX_TIME
-            warmup = config.warmup_steps if config.warmup_steps is not None else min(100, steps // 20)
-            state.run_start_step, state.run_total_steps = state.step, state.step + steps
-            state.run_warmup_steps = min(warmup, steps)
-            state.run_max_time, state.run_start_elapsed = max_time, state.elapsed
-            if state.step > 0:
-                self.say(f"The checkpoint's run is complete; starting a new run of {steps} steps "
-                         "with a fresh warmup and cosine schedule")
+                warmup = config.warmup_steps if config.warmup_steps is not None else min(100, steps // 20)
+                state.run_start_step, state.run_total_steps = state.step, state.step + steps
+                state.run_warmup_steps = min(warmup, steps)
+                state.run_max_time, state.run_start_elapsed = max_time, state.elapsed
+                if state.step > 0:
+                    self.say(f"The checkpoint's run is complete; starting a new run of {steps} steps "
+                             "with a fresh warmup and cosine schedule")
         n = self.model.num_parameters()
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         what = f"a {n / 1e6:.2f}M-parameter model" + (
@@ -384,12 +320,16 @@ class Trainer:
             f"Training {what} on {self.device.type} ({dtype_name(self.dtype)}): "
             f"{len(data.train):,} train / {len(data.val):,} val tokens; one epoch = {steps_per_epoch:,} steps "
             f"of {config.batch_size}x{config.grad_accum}x{config.context_length} tokens"
-            + (f" x {self.world_size} processes" if self.distributed is not None else "") + "; "
-            + (f"planned steps {state.run_start_step}..{state.run_total_steps}"
-               + (f", at most {state.run_max_time:g}s" if state.run_max_time else "")
-               if state.run_total_steps - state.run_start_step < UNTIL_MAX_TIME else
-               f"steps from {state.run_start_step} for {state.run_max_time:g}s")
+            + (f" x {self.world_size} processes" if self.distributed is not None else "") + f"; {self.plan_summary()}"
         )
+
+    def plan_summary(self) -> str:
+        """'planned steps 0..500', 'planned steps 0..500, at most 60s' or 'steps from 0 for 60s'."""
+        state = self.state
+        if state.run_total_steps - state.run_start_step >= UNTIL_MAX_TIME:
+            return f"steps from {state.run_start_step} for {state.run_max_time:g}s"
+        return f"planned steps {state.run_start_step}..{state.run_total_steps}" + (
+            f", at most {state.run_max_time:g}s" if state.run_max_time else "")
 
     def learning_rate(self) -> float:
         state = self.state
@@ -436,11 +376,19 @@ class Trainer:
     def progress_bar(self):
         state = self.state
         if state.run_max_time:  # time-boxed: the bar (and its ETA) counts seconds
-            total, initial, unit = state.run_max_time, round(state.run_elapsed, 3), "s"
+            total, unit = math.ceil(state.run_max_time), "s"
         else:
-            total, initial, unit = state.run_total_steps, state.step, "step"
-        return tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, leave=False,
+            total, unit = state.run_total_steps, "step"
+        return tqdm(total=total, initial=self.progress(), unit=unit, dynamic_ncols=True, leave=False,
                     disable=not (self.config.progress and self.is_main_process))
+
+    def progress(self) -> int:
+        """Where the progress bar stands, in whole units as every tqdm bar counts: steps, or with
+        --max-time seconds (65, not 65.14499999999967)."""
+        state = self.state
+        if state.run_max_time:
+            return min(int(state.run_elapsed), math.ceil(state.run_max_time))
+        return state.step
 
     def say(self, message: str) -> None:
         if self.is_main_process:
@@ -456,88 +404,29 @@ class Trainer:
         self.batch_generator = torch.Generator().manual_seed(seed)  # which windows each step trains on
 
     def save_checkpoint(self, path) -> None:
-        """Weights, config, optimizer, schedule position, RNG states and vocab hash, written atomically.
-
-        Refuses non-finite weights, so a diverged run can never replace a good checkpoint.
-        """
-        if self.sharded:  # every rank sends its shards; rank 0 receives the whole tensors
-            model_state, named_optimizer_state = distributed.full_state(self.model, self.optimizer)
-        if not self.is_main_process:
-            return
-        if self.sharded:
-            weights = checkpoint.model_tensors(self.model, model_state)
-            optimizer_tensors, optimizer_meta = tensors_from_named_state(named_optimizer_state)
-        else:
-            weights = checkpoint.model_tensors(self.model)
-            optimizer_tensors, optimizer_meta = optimizer_state_tensors(self.optimizer, self.model)
-        if self.adapter is not None:  # an adapter file: the frozen base is the user's already
-            weights = lora.adapter_tensors(self.model, weights)
-        if not all(t.isfinite().all() for t in weights.values() if t.is_floating_point()):
-            raise UserError(f"refusing to save non-finite weights to {path}; the previous checkpoint was kept")
-        rng_tensors, rng_meta = rng_states(self.batch_generator)
-        tensors = {**weights, **optimizer_tensors, **rng_tensors}
-        # An adapter file carries its base's config inside "adapter", and no "config": loading it
-        # as a model then fails with a message that says what it is (checkpoint.config_from_metadata).
-        described = {"config": self.model.config.to_dict()} if self.adapter is None else {"adapter": self.adapter}
-        metadata = {
-            **described,
-            "vocab": {"fingerprint": vocab_fingerprint(self.bpe), "size": self.bpe.vocab_size},
-            "training": asdict(self.state),
-            "train_args": self.config.run_settings(),
-            "optimizer": optimizer_meta,
-            "rng": rng_meta,
-        }
-        if self.scaler.is_enabled():
-            metadata["grad_scaler"] = self.scaler.state_dict()
-        try:
-            checkpoint.save_checkpoint(path, tensors, metadata)
-        except (OSError, SafetensorError) as error:  # safetensors reports a full disk as SafetensorError
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-            raise UserError(f"cannot write checkpoint {path}: {reason}; the previous checkpoint was kept") from None
-        self.last_saved_step = self.state.step
+        """Write everything this run needs to resume exactly, atomically (see train_checkpoint.py)."""
+        train_checkpoint.save(self, path)
 
     def restore(self, tensors: dict, metadata: dict) -> None:
         """Load the optimizer, schedule position and RNG states saved by save_checkpoint."""
-        optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer/")}
-        if self.sharded:
-            named = named_state_from_tensors(self.optimizer, self.model, optimizer_tensors, metadata["optimizer"])
-            distributed.load_full_optimizer_state(self.model, self.optimizer, named)
-        else:
-            load_optimizer_state(self.optimizer, self.model, optimizer_tensors, metadata["optimizer"])
-        self.state = TrainingState.from_dict(metadata["training"])
-        restore_rng_states(self.batch_generator, tensors, metadata["rng"])
-        if self.scaler.is_enabled() and "grad_scaler" in metadata:
-            self.scaler.load_state_dict(metadata["grad_scaler"])
-        self.last_saved_step = self.state.step
+        train_checkpoint.restore(self, tensors, metadata)
 
 
-def load_vocab(vocab_path):
-    from bpe import BPE
+def run_length(steps_per_epoch: int, num_epochs, max_steps, max_time) -> int:
+    """Steps in a run of num_epochs or max_steps (UNTIL_MAX_TIME when max_time alone bounds it).
 
-    bpe = BPE(str(vocab_path))
-    if not bpe.load():
-        raise UserError(f"vocab file {vocab_path} not found; create one with: python main.py tokenize <file>")
-    return bpe
-
-
-class GracefulStop:
-    """Turn the first SIGINT/SIGTERM into a request to stop after the current step; a second one aborts."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __enter__(self):
-        self.signal_number = None
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
-        return self
-
-    def handle(self, signal_number, frame):
-        if self.signal_number is not None:
-            raise KeyboardInterrupt  # asked twice: stop now (an atomic save in flight leaves the old file)
-        self.signal_number = signal_number
-        print("\nStopping after this step and saving (press Ctrl-C again to abort)", file=sys.stderr)
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
+    run_length(100, None, None, None) -> 100 (one epoch);  run_length(100, 0.5, None, None) -> 50
+    """
+    if max_steps is not None and max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, got {max_steps}")
+    if max_time is not None and max_time <= 0:
+        raise UserError(f"--max-time must be positive, got {max_time}")
+    if num_epochs is None and max_time is None:
+        num_epochs = 1
+    if max_steps is None and num_epochs is not None and not num_epochs > 0:
+        raise UserError(f"--epochs must be positive, got {num_epochs}")
+    if max_steps is not None:
+        return max_steps
+    if num_epochs is not None:
+        return max(1, round(num_epochs * steps_per_epoch))
+    return UNTIL_MAX_TIME

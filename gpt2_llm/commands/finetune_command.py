@@ -12,9 +12,9 @@ the same flags, bf16, evaluation in bits per byte, progress, atomic saves, Ctrl-
 """
 from pathlib import Path
 
-from gpt2_llm.commands.train_command import (add_training_arguments, check_can_save, report_result,
-                                             run_in_process_group, training_options)
-from gpt2_llm.commands.model_files import DEFAULT_VOCAB, load_base
+from gpt2_llm.commands.common import (DEFAULT_VOCAB, add_base_arguments, add_training_arguments, check_can_save,
+                                      load_adapted_base, load_base, report_result, run_in_process_group,
+                                      training_options)
 from gpt2_llm.errors import UserError
 
 DEFAULT_ADAPTER = "adapter.safetensors"
@@ -36,11 +36,7 @@ def add_arguments(name, parser):
                              "directory's own vocab.json + merges.txt)")
     parser.add_argument("checkpoint", nargs="?", default=None,
                         help="resume this fine-tuning run: an adapter file, or with --full a whole checkpoint")
-    base = parser.add_argument_group("the model to fine-tune")
-    base.add_argument("--base", metavar="CHECKPOINT", help="a gpt2-llm checkpoint (what `train` writes)")
-    base.add_argument("--pretrained", metavar="DIR",
-                      help="a Hugging Face GPT-2 directory (config.json, model.safetensors or pytorch_model.bin, "
-                           "vocab.json, merges.txt)")
+    add_base_arguments(parser, "the model to fine-tune", "a gpt2-llm checkpoint (what `train` writes)")
     adapters = parser.add_argument_group("LoRA adapters (the default) or --full")
     adapters.add_argument("--lora-rank", type=int, help=f"rank r of each update (default {LORA_DEFAULTS['rank']})")
     adapters.add_argument("--lora-alpha", type=float,
@@ -59,8 +55,6 @@ def run(args):
 
 
 def finetune(args, context):
-    if args.base is not None and args.pretrained is not None:
-        raise UserError("give --base CHECKPOINT or --pretrained DIR, not both")
     lora_flags = {key: getattr(args, f"lora_{key}") for key in LORA_DEFAULTS if getattr(args, f"lora_{key}") is not None}
     if args.full and lora_flags:
         raise UserError(f"--full trains every weight: drop --lora-{next(iter(lora_flags))}")
@@ -82,7 +76,8 @@ def finetune(args, context):
 def new_trainer(args, lora_flags, options):
     """A fresh fine-tuning run on --base or --pretrained: a new optimizer and schedule from step 0."""
     from gpt2_llm import lora
-    from gpt2_llm.trainer import Trainer, TrainingConfig
+    from gpt2_llm.config import TrainingConfig
+    from gpt2_llm.trainer import Trainer
 
     if args.base is None and args.pretrained is None:
         raise UserError("name the model to fine-tune: --base CHECKPOINT or --pretrained DIR")
@@ -103,9 +98,8 @@ def new_trainer(args, lora_flags, options):
 def resumed_trainer(args, lora_flags, options):
     """Continue a fine-tuning run from its adapter file (or, with --full, its whole checkpoint)."""
     from gpt2_llm import checkpoint, lora
-    from gpt2_llm.commands.model_files import apply_adapter, recorded_base
-    from gpt2_llm.commands.tokenizer_commands import load_vocab
     from gpt2_llm.trainer import Trainer
+    from gpt2_llm.vocab import load_vocab
 
     tensors, metadata = checkpoint.load_checkpoint(args.checkpoint)
     if "adapter" not in metadata:
@@ -125,11 +119,8 @@ def resumed_trainer(args, lora_flags, options):
     if changed:
         raise UserError(f"{args.checkpoint} was trained with {saved.to_dict()}; a resumed adapter keeps its shape: "
                         f"drop {', '.join(changed)}")
-    base_path, pretrained = args.base, args.pretrained
-    if base_path is None and pretrained is None:
-        base_path, pretrained = recorded_base(metadata, args.checkpoint)
-    model, bpe = load_base(base_path, args.vocab, pretrained)
-    apply_adapter(model, bpe, args.checkpoint, tensors, metadata)
+    model, bpe, (base_path, pretrained) = load_adapted_base(args.base, args.vocab, args.pretrained, args.checkpoint,
+                                                            (tensors, metadata))
     trainer = Trainer.resume(model, bpe, tensors, metadata, adapter=adapter, **options)
     flags = f"--pretrained {pretrained}" if pretrained else f"--base {base_path}"
     return trainer, flags

@@ -8,8 +8,9 @@ Each adapted weight becomes W + (alpha / r) B A (see lora.py): the merged model 
 adapter computed, needs no adapter at run time, and can be trained on, quantized or exported.
 """
 import os
-import shutil
 
+from gpt2_llm.commands.common import (DEFAULT_VOCAB, add_base_arguments, check_can_save, load_adapted_base,
+                                      load_adapter_file)
 from gpt2_llm.errors import UserError
 
 DEFAULT_OUTPUT = "merged_model.pt"
@@ -20,8 +21,7 @@ def add_arguments(name, parser):
     parser.add_argument("adapter", help="LoRA adapter file (what `finetune` writes)")
     parser.add_argument("vocab", nargs="?", default=None,
                         help="the base's vocab file (default: vocab.txt; with --pretrained its own)")
-    parser.add_argument("--base", metavar="CHECKPOINT", help="base checkpoint (default: the one the adapter recorded)")
-    parser.add_argument("--pretrained", metavar="DIR", help="base Hugging Face GPT-2 directory")
+    add_base_arguments(parser, "the base model (default: the one the adapter records)", "base checkpoint")
     parser.add_argument("--output", "-o", default=None,
                         help=f"whole checkpoint to write (default: {DEFAULT_OUTPUT}; with --hf the directory "
                              f"{DEFAULT_HF_OUTPUT})")
@@ -33,12 +33,8 @@ def add_arguments(name, parser):
 def run(args):
     from safetensors import SafetensorError
 
-    from gpt2_llm.commands.model_files import apply_adapter, load_adapter_file, load_base, recorded_base
-    from gpt2_llm.commands.train_command import check_can_save
     from gpt2_llm.lora import merge_lora
 
-    if args.base is not None and args.pretrained is not None:
-        raise UserError("give --base CHECKPOINT or --pretrained DIR, not both")
     output = args.output or (DEFAULT_HF_OUTPUT if args.hf else DEFAULT_OUTPUT)
     if args.hf:
         if os.path.isfile(output):
@@ -46,11 +42,9 @@ def run(args):
     else:
         check_can_save(output)
     tensors, metadata = load_adapter_file(args.adapter)
-    base_path, pretrained = args.base, args.pretrained
-    if base_path is None and pretrained is None:
-        base_path, pretrained = recorded_base(metadata, args.adapter)
-    model, bpe = load_base(base_path, args.vocab, pretrained)
-    model = merge_lora(apply_adapter(model, bpe, args.adapter, tensors, metadata))
+    model, _, (base_path, pretrained) = load_adapted_base(args.base, args.vocab, args.pretrained, args.adapter,
+                                                          (tensors, metadata))
+    model = merge_lora(model)
     try:
         if args.hf:
             write_hf_directory(model, output, pretrained)
@@ -67,7 +61,7 @@ def run(args):
                else f"transformers' GPT2LMHeadModel.from_pretrained({output!r}) (the vocabulary is ours, not GPT-2's)")
         print(f"Merged {args.adapter} into {pretrained or base_path}; saved the directory {output}. Try: {how}")
     else:
-        vocab = args.vocab or pretrained or "vocab.txt"
+        vocab = args.vocab or pretrained or DEFAULT_VOCAB
         print(f"Merged {args.adapter} into {pretrained or base_path}; saved {output}. "
               f"Try: python main.py predict \"...\" 50 {output} {vocab}")
     return 0
@@ -76,7 +70,11 @@ def run(args):
 def write_hf_directory(model, directory, pretrained) -> None:
     """The merged model in Hugging Face's GPT-2 layout, with GPT-2's tokenizer files when the base had them
     (a base trained here has its own vocabulary, which Hugging Face's GPT-2 tokenizer cannot read)."""
+    from bpe import atomic_write
+    from gpt2_llm.vocab import GPT2_FILES
+
     model.save_pretrained(directory)
     if pretrained is not None:
-        for name in ("vocab.json", "merges.txt"):
-            shutil.copyfile(os.path.join(pretrained, name), os.path.join(directory, name))
+        for name in GPT2_FILES:
+            with open(os.path.join(pretrained, name), "rb") as f:
+                atomic_write(os.path.join(directory, name), f.read())

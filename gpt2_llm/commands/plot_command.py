@@ -2,6 +2,9 @@
 
 matplotlib is an optional dependency, imported only here.
 """
+import os
+
+from bpe import atomic_write
 from gpt2_llm.errors import UserError
 
 
@@ -42,10 +45,13 @@ def run(args):
     for ax in (ax_loss, ax_bpb):
         ax.grid(alpha=0.3)
     fig.tight_layout()
+    image_format = os.path.splitext(args.output)[1][1:].lower() or "png"  # the temp file's name has no extension
     try:
-        fig.savefig(args.output, dpi=120)
+        atomic_write(args.output, lambda temp_path: fig.savefig(temp_path, dpi=120, format=image_format))
     except OSError as e:
-        raise UserError(f"cannot write {args.output}: {e.strerror}") from None
+        raise UserError(f"cannot write {args.output}: {e.strerror or e}") from None
+    except ValueError as e:  # a format matplotlib does not know, e.g. loss.xyz
+        raise UserError(f"cannot write {args.output}: {e}") from None
     plt.close(fig)
     print(f"Wrote {args.output} ({len(records)} steps, {len(evals)} evaluations)")
     return 0

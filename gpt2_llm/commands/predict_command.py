@@ -62,7 +62,7 @@ def run(args):
     options = parse_options(args)  # every flag checked before the (slow) model load
     import torch
 
-    from gpt2_llm.commands.model_files import apply_adapter, load_adapter_file, load_model_and_vocab, recorded_base
+    from gpt2_llm.commands.common import apply_adapter, load_adapter_file, load_model_and_vocab, recorded_base
     from gpt2_llm.lora import merge_lora
     from gpt2_llm.device import DTYPES, pick_device
 

@@ -1,12 +1,12 @@
 """`tokenize`, `encode` and `decode`: the tokenizer from the command line (no torch needed)."""
 import json
-import os
 import time
 
 from bpe import BPE, parse_ids_json, read_text_file
 from gpt2_llm.errors import UserError
+from gpt2_llm.vocab import DEFAULT_VOCAB, load_vocab
 
-DEFAULT_VOCAB = "vocab.txt"
+VOCAB_HELP = f"vocab file, or a directory with GPT-2's vocab.json + merges.txt (default: {DEFAULT_VOCAB})"
 
 
 def add_arguments(name, parser):
@@ -15,38 +15,17 @@ def add_arguments(name, parser):
         parser.add_argument("--vocab-size", type=int, default=None,
                             help="number of tokens incl. the 256 bytes and <|endoftext|> "
                                  "(default: recommended from the text)")
-        parser.add_argument("--output", "-o", default=DEFAULT_VOCAB, help="vocab file to write (default: vocab.txt)")
+        parser.add_argument("--output", "-o", default=DEFAULT_VOCAB,
+                            help=f"vocab file to write (default: {DEFAULT_VOCAB})")
     elif name == "encode":
         parser.add_argument("text", help="text to encode")
-        parser.add_argument("vocab", nargs="?", default=DEFAULT_VOCAB, help="vocab file (default: vocab.txt)")
+        parser.add_argument("vocab", nargs="?", default=DEFAULT_VOCAB, help=VOCAB_HELP)
         parser.add_argument("--allow-special", action="store_true",
                             help="encode '<|endoftext|>' in the text as the special token, not as plain text")
     else:  # decode
         parser.add_argument("ids", metavar="json_ids", help='JSON list of token ids, e.g. "[15496, 995]"')
-        parser.add_argument("vocab", nargs="?", default=DEFAULT_VOCAB, help="vocab file (default: vocab.txt)")
+        parser.add_argument("vocab", nargs="?", default=DEFAULT_VOCAB, help=VOCAB_HELP)
         parser.add_argument("--pieces", action="store_true", help="print each token's text as a JSON list")
-
-
-def load_vocab(path):
-    """Load a vocab file (or a Hugging Face directory with GPT-2's vocab.json + merges.txt), or explain
-    how to make one."""
-    bpe = BPE(path)
-    if os.path.isdir(path):
-        return load_gpt2_directory_vocab(path, path)
-    if not bpe.load():
-        raise UserError(f"vocab file {path} not found; create one with: python main.py tokenize <file> --output {path}")
-    return bpe
-
-
-def load_gpt2_directory_vocab(directory, what):
-    """GPT-2's tokenizer from a Hugging Face directory (vocab.json + merges.txt, which are OpenAI's
-    encoder.json and vocab.bpe renamed); what names the directory in messages."""
-    files = [os.path.join(directory, name) for name in ("vocab.json", "merges.txt")]
-    missing = [os.path.basename(f) for f in files if not os.path.isfile(f)]
-    if missing:
-        raise UserError(f"{what} has no {' or '.join(missing)}: pass a vocab file, or a directory with GPT-2's "
-                        "tokenizer files (encoder.json and vocab.bpe under Hugging Face's names)")
-    return BPE.from_gpt2(*files, vocab_path=directory)
 
 
 def save_vocab(bpe):

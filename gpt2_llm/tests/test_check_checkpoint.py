@@ -1,5 +1,5 @@
-"""check_checkpoint.py: the report, its verdict and its exit status (0 ok, 1 mismatch, 2 unreadable)."""
-import os
+"""check_checkpoint.py and `main.py check`: the report, its verdict and its exit status (0 ok, 1 mismatch,
+2 unreadable)."""
 import pickle
 import subprocess
 import sys
@@ -11,6 +11,7 @@ import torch
 import check_checkpoint
 from bpe import BPE
 from gpt2_llm.gpt2 import GPT2
+from gpt2_llm.vocab import load_vocab
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = (ROOT / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:20000]
@@ -25,10 +26,11 @@ def make_vocab(path, vocab_size):
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def pair(tmp_path_factory, vocab):
     """A vocab and a checkpoint that records it, as training writes them."""
     tmp = tmp_path_factory.mktemp("pair")
-    bpe = make_vocab(tmp / "vocab.txt", 300)
+    (tmp / "vocab.txt").write_bytes(vocab.read_bytes())
+    bpe = load_vocab(tmp / "vocab.txt")
     torch.manual_seed(0)
     model = GPT2(bpe.get_model_vocab_size(), embedding_dim=32, num_layers=2, num_heads=2, max_seq_len=16)
     path = tmp / "model.pt"
@@ -128,3 +130,15 @@ def test_missing_vocab_exits_2(pair, tmp_path, capsys):
     _, _, _, path = pair
     code, _, err = run(path, tmp_path / "nope.txt", capsys)
     assert code == 2 and "not found" in err
+
+
+@pytest.mark.parametrize("case", ["compatible", "other vocabulary", "missing vocab"])
+def test_main_py_check_is_the_same_report_and_exit_status(pair, tmp_path, case):
+    tmp, _, _, path = pair
+    make_vocab(tmp_path / "other.txt", 290)
+    vocab = {"compatible": tmp / "vocab.txt", "other vocabulary": tmp_path / "other.txt",
+             "missing vocab": tmp_path / "nope.txt"}[case]
+    results = [subprocess.run([sys.executable, *script, str(path), str(vocab)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120) for script in (["check_checkpoint.py"], ["main.py", "check"])]
+    assert [r.returncode for r in results] == [{"compatible": 0, "other vocabulary": 1, "missing vocab": 2}[case]] * 2
+    assert results[0].stdout == results[1].stdout and results[0].stderr == results[1].stderr

@@ -1,21 +1,20 @@
+"""checkpoint.py: the safetensors format, atomic writes, and every way a wrong file is refused.
+
+small_model (conftest.py) is a GPT2 with vocab 101, width 64, 2 layers, 4 heads, context 32.
+"""
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from gpt2_llm import GPT2
-from gpt2_llm import checkpoint
+from gpt2_llm import checkpoint, loading
 from gpt2_llm.errors import UserError
-
-SMALL = dict(vocab_size=101, embedding_dim=32, num_layers=2, num_heads=4, max_seq_len=16)
-
-
-def small_model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return GPT2(**{**SMALL, **overrides}).eval()
 
 
 def test_save_checkpoint_round_trip(tmp_path):
@@ -42,7 +41,7 @@ def test_reserved_metadata_keys_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("use_rope", [False, True])
-def test_model_round_trip_keeps_weights_config_and_tying(tmp_path, use_rope):
+def test_model_round_trip_keeps_weights_config_and_tying(tmp_path, small_model, use_rope):
     model = small_model(use_rope=use_rope)
     path = tmp_path / "model.safetensors"
     model.save(path, metadata={"step": 7})
@@ -58,7 +57,7 @@ def test_model_round_trip_keeps_weights_config_and_tying(tmp_path, use_rope):
     torch.testing.assert_close(other(x), model(x), atol=0, rtol=0)
 
 
-def test_tied_weight_is_stored_once_without_prefix(tmp_path):
+def test_tied_weight_is_stored_once_without_prefix(tmp_path, small_model):
     path = tmp_path / "model.safetensors"
     small_model().save(path)
     tensors, _ = checkpoint.load_checkpoint(path)
@@ -66,7 +65,7 @@ def test_tied_weight_is_stored_once_without_prefix(tmp_path):
     assert "decoder.blocks.0.attn.c_attn.weight" in tensors
 
 
-def test_trainer_tensors_under_prefixes_are_ignored_by_model_load(tmp_path):
+def test_trainer_tensors_under_prefixes_are_ignored_by_model_load(tmp_path, small_model):
     model = small_model()
     path = tmp_path / "train.safetensors"
     tensors = {**checkpoint.model_tensors(model), "optimizer/0.exp_avg": torch.ones(3), "rng/cpu": torch.ones(2)}
@@ -75,7 +74,7 @@ def test_trainer_tensors_under_prefixes_are_ignored_by_model_load(tmp_path):
     assert torch.equal(loaded.wte.weight, model.wte.weight)
 
 
-def test_atomic_save_keeps_old_file_when_replace_fails(tmp_path, monkeypatch):
+def test_atomic_save_keeps_old_file_when_replace_fails(tmp_path, monkeypatch, small_model):
     path = tmp_path / "model.safetensors"
     small_model(seed=0).save(path)
     before = path.read_bytes()
@@ -109,7 +108,7 @@ class _Marker:
 
 
 @pytest.mark.parametrize("writer", ["torch.save", "pickle"])
-def test_pickled_files_are_refused_without_unpickling(tmp_path, writer):
+def test_pickled_files_are_refused_without_unpickling(tmp_path, writer, small_model):
     marker = tmp_path / "pwned"
     path = tmp_path / "model.pt"
     payload = {"wte.weight": torch.zeros(2), "evil": _Marker(str(marker))}
@@ -123,13 +122,13 @@ def test_pickled_files_are_refused_without_unpickling(tmp_path, writer):
     assert not marker.exists()
 
 
-def test_shape_mismatch_names_tensor_shapes_and_reason(tmp_path):
+def test_shape_mismatch_names_tensor_shapes_and_reason(tmp_path, small_model):
     path = tmp_path / "model.safetensors"
     small_model(vocab_size=1524).save(path)
     with pytest.raises(UserError) as error:
         small_model(vocab_size=1600).load(path)
     message = str(error.value)
-    assert "wte.weight" in message and "(1524, 32)" in message and "(1600, 32)" in message
+    assert "wte.weight" in message and "(1524, 64)" in message and "(1600, 64)" in message
     why = "vocab_size 1524 in checkpoint vs 1600 in model: the checkpoint was trained with a different vocabulary"
     assert why in message
     assert "from_checkpoint" in message
@@ -141,20 +140,61 @@ def test_shape_mismatch_names_tensor_shapes_and_reason(tmp_path):
         ({"num_layers": 3}, "num_layers 3 in checkpoint vs 2 in model"),
         ({"num_heads": 2}, "num_heads 2 in checkpoint vs 4 in model"),  # same shapes, different math
         ({"use_rope": True}, "use_rope True in checkpoint vs False in model"),
-        ({"max_seq_len": 8}, "max_seq_len 8 in checkpoint vs 16 in model"),
+        ({"max_seq_len": 8}, "max_seq_len 8 in checkpoint vs 32 in model"),
     ],
 )
-def test_architecture_mismatches_are_user_errors(tmp_path, overrides, expected):
+def test_architecture_mismatches_are_user_errors(tmp_path, overrides, expected, small_model):
     path = tmp_path / "model.safetensors"
     small_model(**overrides).save(path)
     with pytest.raises(UserError, match=expected):
         small_model().load(path)
 
 
-def test_rope_checkpoint_loads_at_another_context_length(tmp_path):
+def test_rope_checkpoint_loads_at_another_context_length(tmp_path, small_model):
+    """Rotary tables are computed, not stored: a longer model computes the same on the positions both have."""
     path = tmp_path / "model.safetensors"
-    small_model(use_rope=True, max_seq_len=8).save(path)
-    small_model(use_rope=True, max_seq_len=16).load(path)
+    short = small_model(use_rope=True, max_seq_len=8)
+    short.save(path)
+    longer = small_model(seed=1, use_rope=True, max_seq_len=32)
+    longer.load(path)
+    x = torch.randint(0, 101, (2, 8))
+    torch.testing.assert_close(longer(x), short(x))
+    assert longer(torch.randint(0, 101, (1, 32))).shape == (1, 32, 101)  # and it uses its whole context
+
+
+def test_load_model_reads_a_checkpoint_or_a_hugging_face_directory(tmp_path, small_model):
+    model = small_model()
+    model.save(tmp_path / "m.pt", metadata={"step": 3})
+    model.save_pretrained(tmp_path / "hf")
+    x = torch.randint(0, 101, (1, 9))
+    for source, recorded in ((tmp_path / "m.pt", {"step": 3}), (tmp_path / "hf", {})):
+        loaded, metadata = loading.load_model(source)
+        assert loaded.config == model.config and metadata.items() >= recorded.items()
+        torch.testing.assert_close(loaded.eval()(x), model(x))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no config.json: pass a gpt2-llm checkpoint file or a Hugging Face"):
+        loading.load_model(tmp_path / "empty")
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (and so can write no more)."""
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return process.pid
+
+
+def test_the_next_save_removes_temp_files_that_killed_writers_left(tmp_path, small_model):
+    path = tmp_path / "m.pt"
+    small_model().save(path)
+    stale = tmp_path / f".m.pt.{dead_pid()}.k9x2.tmp"  # what a kill -9 during a save leaves
+    stale.write_bytes(b"half a checkpoint")
+    live = tmp_path / f".m.pt.{os.getpid()}.live.tmp"  # a save in progress: not ours to remove
+    other = tmp_path / f".other.pt.{dead_pid()}.k9x2.tmp"  # another file's: its own next save removes it
+    live.write_bytes(b"")
+    other.write_bytes(b"")
+    small_model(seed=1).save(path)
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.pt", live.name, other.name])
+    assert torch.equal(GPT2.from_checkpoint(path).wte.weight, small_model(seed=1).wte.weight)
 
 
 @pytest.mark.parametrize(
@@ -174,7 +214,7 @@ def test_unreadable_files_give_one_line_user_errors(tmp_path, make, message):
     assert "\n" not in str(error.value)
 
 
-def test_truncated_checkpoint(tmp_path):
+def test_truncated_checkpoint(tmp_path, small_model):
     path = tmp_path / "model.safetensors"
     small_model().save(path)
     data = path.read_bytes()

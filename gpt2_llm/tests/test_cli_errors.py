@@ -3,6 +3,7 @@
 One table drives every command (tokenize, encode, decode, train, predict, plot, check_checkpoint.py) as a
 subprocess over the ways a user can get its input wrong. Disk-full while saving is simulated in-process.
 """
+import builtins
 import errno
 import hashlib
 import os
@@ -279,18 +280,44 @@ def test_cli_turns_full_disk_while_saving_into_one_line(files, tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-# --- files only a non-root user can be refused -------------------------------------------------------------
+# --- files the user may not read ------------------------------------------------------------------------
+
+UNREADABLE = ["encode hello {vocab}", "train {text} {vocab} --preset tiny --max-steps 1", PREDICT,
+              "check {ckpt} {vocab}", "plot {text}"]
+
+
+def locked_copies(files, folder) -> dict:
+    """Copies of the vocab, the text and the checkpoint in folder, by name."""
+    locked = {name: folder / name for name in ("vocab", "text", "ckpt")}
+    for name, path in locked.items():
+        path.write_bytes(files[name].read_bytes())
+    return locked
+
+
+@pytest.mark.parametrize("command", UNREADABLE)
+def test_unreadable_file_is_one_line_error_even_as_root(files, tmp_path, monkeypatch, capsys, command):
+    """Root reads any file, so here open() refuses the copies as it refuses a user without read permission."""
+    locked = locked_copies(files, tmp_path)
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and Path(file).resolve() in [p.resolve() for p in locked.values()]:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    argv = [word.format(**{**files, **locked}) for word in command.split(" ")]
+    assert main.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "permission denied" in err.lower(), err
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can read any file")
-@pytest.mark.parametrize("command", ["encode hello {vocab}", "train {text} {vocab} --preset tiny --max-steps 1",
-                                     PREDICT, "check {ckpt} {vocab}", "plot {text}"])
+@pytest.mark.parametrize("command", UNREADABLE)
 def test_unreadable_file_is_one_line_error(files, tmp_path, command):
-    locked = {}
-    for name in ("vocab", "text", "ckpt"):
-        locked[name] = tmp_path / name
-        locked[name].write_bytes(files[name].read_bytes())
-        locked[name].chmod(0)
+    locked = locked_copies(files, tmp_path)
+    for path in locked.values():
+        path.chmod(0)
     argv = [word.format(**{**files, **locked}) for word in command.split(" ")]
     script, argv = ("check_checkpoint.py", argv[1:]) if argv[0] == "check" else ("main.py", argv)
     result = subprocess.run([sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)

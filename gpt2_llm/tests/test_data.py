@@ -13,8 +13,8 @@ TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nS
 
 
 @pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
+def text_file(tmp_path):
+    path = tmp_path / "text_file.txt"
     path.write_text(TEXT, encoding="utf-8")
     return path
 
@@ -35,29 +35,29 @@ def count_encodes(monkeypatch, bpe):
     return calls
 
 
-def test_tokens_match_encode_and_are_cached_beside_the_file(corpus, bpe, monkeypatch):
+def test_tokens_match_encode_and_are_cached_beside_the_file(text_file, bpe, monkeypatch):
     calls = count_encodes(monkeypatch, bpe)
-    tokens = load_tokens(corpus, bpe, log=lambda m: None)
+    tokens = load_tokens(text_file, bpe, log=lambda m: None)
     assert tokens.dtype == np.uint16 and isinstance(tokens, np.memmap)
     assert tokens.tolist() == bpe.encode(TEXT)
-    assert len(list(corpus.parent.glob("corpus.txt.*.tokens.npy"))) == 1
-    again = load_tokens(corpus, bpe, log=lambda m: None)
+    assert len(list(text_file.parent.glob("text_file.txt.*.tokens.npy"))) == 1
+    again = load_tokens(text_file, bpe, log=lambda m: None)
     assert len(calls) == 1, "the second load must come from the cache"
     assert again.tolist() == tokens.tolist()
 
 
-def test_changed_file_or_vocab_retokenizes(corpus, bpe, tmp_path, monkeypatch):
+def test_changed_file_or_vocab_retokenizes(text_file, bpe, tmp_path, monkeypatch):
     calls = count_encodes(monkeypatch, bpe)
-    load_tokens(corpus, bpe, log=lambda m: None)
-    corpus.write_text(TEXT + "Citizen!\n", encoding="utf-8")
-    assert load_tokens(corpus, bpe, log=lambda m: None).tolist() == bpe.encode(TEXT + "Citizen!\n")
+    load_tokens(text_file, bpe, log=lambda m: None)
+    text_file.write_text(TEXT + "Citizen!\n", encoding="utf-8")
+    assert load_tokens(text_file, bpe, log=lambda m: None).tolist() == bpe.encode(TEXT + "Citizen!\n")
     assert len(calls) == 2
 
     other = BPE(str(tmp_path / "other.txt"))
     other.set_vocab_size(280)
     other.create_vocab(TEXT, verbose=False)
-    assert load_tokens(corpus, other, log=lambda m: None).tolist() == other.encode(TEXT + "Citizen!\n")
-    assert len(list(corpus.parent.glob("corpus.txt.*.tokens.npy"))) == 3
+    assert load_tokens(text_file, other, log=lambda m: None).tolist() == other.encode(TEXT + "Citizen!\n")
+    assert len(list(text_file.parent.glob("text_file.txt.*.tokens.npy"))) == 3
 
 
 def test_cache_write_is_atomic(tmp_path, monkeypatch):

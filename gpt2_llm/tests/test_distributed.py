@@ -7,32 +7,18 @@ order of float additions in the gradient all-reduce.
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from bpe import BPE
 from gpt2_llm import checkpoint
 from gpt2_llm.distributed import DistributedContext, rank_slice
+from gpt2_llm.tests.conftest import MAIN
 
-REPO = Path(__file__).resolve().parents[2]
-MAIN = str(REPO / "main.py")
+pytestmark = pytest.mark.usefixtures("vocab")  # conftest's: corpus.parent / "vocab.txt", which train() passes
 MICRO = ["--layers", "2", "--dim", "32", "--heads", "2", "--context", "32", "--dtype", "fp32", "--device", "cpu",
          "--lr", "3e-3", "--warmup", "1", "--eval-interval", "1000", "--eval-tokens", "256", "--no-progress"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dist")
-    path = folder / "corpus.txt"
-    path.write_text((REPO / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:30_000], encoding="utf-8")
-    bpe = BPE(str(folder / "vocab.txt"))
-    bpe.set_vocab_size(300)
-    bpe.create_vocab(path.read_text(encoding="utf-8"), verbose=False)
-    bpe.save()
-    return path
 
 
 def train(corpus, *args, processes=1, command="train", shape=MICRO):
@@ -102,7 +88,6 @@ def test_fsdp_without_torchrun_is_a_clear_error(corpus):
     result = subprocess.run([sys.executable, MAIN, "train", str(corpus), str(corpus.parent / "vocab.txt"), "--fsdp",
                              *MICRO], cwd=corpus.parent, capture_output=True, text=True, timeout=120, env=ENV)
     assert result.returncode == 2 and "torchrun" in result.stderr
-
 
 
 FINETUNE = MICRO[6:]  # finetune takes its shape from the base: no --layers/--dim/--heads

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bpe import BPE
 from gpt2_llm import GPT2, checkpoint
 from gpt2_llm.trainer import Trainer
+from gpt2_llm.vocab import load_vocab
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = dict(embedding_dim=32, num_layers=2, num_heads=2, max_seq_len=32)
@@ -24,17 +24,13 @@ def main(*args, cwd):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tmp_path_factory, corpus, vocab):
     """vocab.txt, base.pt (a micro model trained a little on Shakespeare) and new.txt (other text)."""
     directory = tmp_path_factory.mktemp("finetune")
-    text = (ROOT / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:40_000]
-    (directory / "old.txt").write_text(text, encoding="utf-8")
+    shutil.copy(corpus, directory / "old.txt")
+    shutil.copy(vocab, directory / "vocab.txt")
     (directory / "new.txt").write_text("".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(300)),
                                        encoding="utf-8")
-    bpe = BPE(str(directory / "vocab.txt"))
-    bpe.set_vocab_size(300)
-    bpe.create_vocab(text, verbose=False)
-    bpe.save()
     trainer = Trainer.create_trainer_from_vocab(directory / "vocab.txt", batch_size=8, learning_rate=3e-3,
                                                 dtype="fp32", progress=False, sample_tokens=0, **SHAPE)
     trainer.train(directory / "old.txt", max_steps=30, save_path=directory / "base.pt")
@@ -87,8 +83,7 @@ def test_full_finetune_writes_a_whole_checkpoint(workdir):
 @pytest.fixture(scope="module")
 def other_base(workdir):
     """A base of another width, with the same vocabulary."""
-    bpe = BPE(str(workdir / "vocab.txt"))
-    bpe.load()
+    bpe = load_vocab(workdir / "vocab.txt")
     model = GPT2(bpe.get_model_vocab_size(), **{**SHAPE, "embedding_dim": 48})
     model.save(workdir / "wide.pt", {"vocab": {"fingerprint": bpe.fingerprint(), "size": bpe.vocab_size}})
     return "wide.pt"
@@ -96,7 +91,6 @@ def other_base(workdir):
 
 @pytest.mark.parametrize("args, message", [
     (["finetune", "new.txt", "vocab.txt"], "--base CHECKPOINT or --pretrained DIR"),
-    (["finetune", "new.txt", "vocab.txt", "--base", "base.pt", "--pretrained", "."], "not both"),
     (["finetune", "new.txt", "vocab.txt", "--base", "base.pt", "--full", "--lora-rank", "4"], "drop --lora-rank"),
     (["finetune", "new.txt", "vocab.txt", "--base", "base.pt", "--lora-targets", "ffn"], "unknown LoRA target ffn"),
     (["finetune", "new.txt", "vocab.txt", "--base", "base.pt", "--lora-rank", "0"], "rank must be a positive"),
@@ -120,6 +114,13 @@ def test_mistakes_are_one_line_errors_with_exit_code_2(workdir, other_base, args
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert message in err
     assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.suffix in (".pt", ".safetensors")} == before
+
+
+def test_base_and_pretrained_together_are_refused_by_argparse(workdir):
+    for command in (["finetune", "new.txt", "vocab.txt"], ["merge", "adapter.safetensors"]):
+        code, _, err = main(*command, "--base", "base.pt", "--pretrained", ".", cwd=workdir)
+        assert code == 2 and "argument --pretrained: not allowed with argument --base" in err, err
+        assert "Traceback" not in err
 
 
 def test_lora_on_a_hugging_face_gpt2_directory(tmp_path):

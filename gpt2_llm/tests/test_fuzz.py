@@ -1,9 +1,12 @@
-"""Fuzzing the parsers a user's files and arguments reach: they succeed or raise UserError, nothing else.
+"""Fuzzing the parsers a user's files and arguments reach: each input is refused with a UserError or gives
+a correct result (never another exception, never garbage accepted in silence).
 
-    vocab files         mutations of a valid vocab (lines deleted, duplicated, swapped; bytes inserted)
+    vocab files         mutations of a valid vocab (lines deleted, duplicated, swapped; bytes inserted):
+                        refused, or the very same vocabulary
     BPE.encode/decode   arbitrary Unicode, lone surrogates included, comes back unchanged
-    parse_ids_json      arbitrary text and JSON
-    load_checkpoint     mutations of a valid checkpoint's bytes, and odd values in its config
+    parse_ids_json      arbitrary text and JSON: refused, or ids in range
+    load_checkpoint     mutations of a valid checkpoint's bytes: refused, or a model holding the file's
+                        tensors under the original names and shapes; odd config values: refused, or kept as given
 """
 import json
 import os
@@ -16,9 +19,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bpe import BPE, EOT, parse_ids_json
-from gpt2_llm import checkpoint
+from gpt2_llm import checkpoint, loading
+from gpt2_llm.config import GPT2Config
 from gpt2_llm.errors import UserError
 from gpt2_llm.gpt2 import GPT2
+from gpt2_llm.vocab import load_vocab
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = (ROOT / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:4000]
@@ -34,6 +39,7 @@ with tempfile.TemporaryDirectory() as folder:
     _path = os.path.join(folder, "model")
     GPT2(320, embedding_dim=8, num_layers=1, num_heads=2, max_seq_len=8).save(_path, metadata={"step": 1})
     CHECKPOINT_BYTES = Path(_path).read_bytes()
+    CHECKPOINT_SHAPES = {key: (t.shape, t.dtype) for key, t in checkpoint.load_checkpoint(_path)[0].items()}
 
 
 def load_bytes(data: bytes, load):
@@ -42,10 +48,6 @@ def load_bytes(data: bytes, load):
         path = os.path.join(folder, "file")
         Path(path).write_bytes(data)
         return load(path)
-
-
-def load_vocab(path):
-    return BPE(path).load()
 
 
 @st.composite
@@ -87,11 +89,12 @@ def mutated_bytes(draw, data: bytes):
 
 @FUZZ
 @given(st.one_of(mutated_lines(VOCAB_BYTES), mutated_bytes(VOCAB_BYTES), st.binary(max_size=300)))
-def test_vocab_loader_raises_only_user_error(data):
+def test_vocab_loader_refuses_or_loads_the_same_vocab(data):
     try:
-        load_bytes(data, load_vocab)
+        bpe = load_bytes(data, load_vocab)
     except UserError:
-        pass
+        return
+    assert bpe.fingerprint() == BPE_TRAINED.fingerprint()  # same tokens, same merges, same ids
 
 
 # Lone surrogates too: encode works on their "surrogatepass" bytes and decode gives them back.
@@ -137,12 +140,15 @@ def test_parse_ids_json_huge_or_deep_json_raises_user_error(text):
 
 @FUZZ
 @given(mutated_bytes(CHECKPOINT_BYTES))
-def test_load_checkpoint_raises_only_user_error(data):
+def test_load_checkpoint_refuses_or_loads_the_files_tensors(data):
     try:
-        _, metadata = load_bytes(data, checkpoint.load_checkpoint)
-        checkpoint.config_from_metadata(metadata, "fuzzed")
+        tensors, metadata = load_bytes(data, checkpoint.load_checkpoint)
+        model = loading.model_from_tensors(tensors, metadata, "fuzzed")
     except UserError:
-        pass
+        return
+    assert {key: (t.shape, t.dtype) for key, t in tensors.items()} == CHECKPOINT_SHAPES
+    for key, weight in checkpoint.model_tensors(model).items():
+        assert torch.equal(weight, tensors[key]), key
 
 
 CONFIG = GPT2(320, embedding_dim=8, num_layers=1, num_heads=2, max_seq_len=8).config.to_dict()
@@ -150,8 +156,13 @@ CONFIG = GPT2(320, embedding_dim=8, num_layers=1, num_heads=2, max_seq_len=8).co
 
 @FUZZ
 @given(st.sampled_from(sorted(CONFIG)), JSON)
-def test_config_from_metadata_raises_only_user_error(field, value):
+def test_config_from_metadata_refuses_or_keeps_the_value(field, value):
     try:
-        checkpoint.config_from_metadata({"config": {**CONFIG, field: value}}, "fuzzed")
+        config = checkpoint.config_from_metadata({"config": {**CONFIG, field: value}}, "fuzzed")
     except UserError:
-        pass
+        return
+    accepted = getattr(config, field)
+    assert accepted == value and (type(accepted) is bool) == (type(value) is bool), (field, value)
+    json.dumps(config.to_dict(), allow_nan=False)  # no NaN or infinity got in
+    assert GPT2Config.from_dict(config.to_dict()) == config
+    assert config.head_dim * config.num_heads == config.embedding_dim

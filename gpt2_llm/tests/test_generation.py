@@ -13,12 +13,7 @@ def import_transformers():
     """The reference, for the tests that compare with it: only those skip where it is not installed."""
     return pytest.importorskip("transformers")
 
-SMALL = dict(vocab_size=97, embedding_dim=64, num_layers=2, num_heads=4, max_seq_len=32)
-
-
-def small_model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return GPT2(**{**SMALL, **overrides}).eval()
+from gpt2_llm.tests.conftest import SMALL
 
 
 def ids(batch, length, seed=1, vocab=SMALL["vocab_size"]):
@@ -56,7 +51,7 @@ def test_greedy_with_repetition_penalty_matches_transformers(hf_pair, penalty):
     assert torch.equal(ours.generate(prompt, 40, temperature=0, repetition_penalty=penalty), expected)
 
 
-def test_generate_tokens_streams_what_generate_returns():
+def test_generate_tokens_streams_what_generate_returns(small_model):
     model = small_model()
     prompt = ids(2, 5)
     steps = list(generate_tokens(model, prompt, 12, temperature=0.9, top_k=20,
@@ -66,7 +61,7 @@ def test_generate_tokens_streams_what_generate_returns():
     assert torch.equal(torch.stack(steps, dim=1), expected[:, 5:])
 
 
-def test_stopping_a_stream_early_restores_training_mode():
+def test_stopping_a_stream_early_restores_training_mode(small_model):
     model = small_model(dropout=0.1).train()
     stream = generate_tokens(model, ids(1, 3), 50, temperature=0)
     next(stream)
@@ -75,7 +70,7 @@ def test_stopping_a_stream_early_restores_training_mode():
     assert model.training
 
 
-def test_vocab_size_keeps_padding_ids_out():
+def test_vocab_size_keeps_padding_ids_out(small_model):
     model = small_model()
     with torch.no_grad():  # final hidden state all ones, and rows past the tokenizer's 90 ids all ones:
         model.ln_f.weight.zero_(), model.ln_f.bias.fill_(1.0)  # those ids win every draw by ~64 nats
@@ -85,7 +80,7 @@ def test_vocab_size_keeps_padding_ids_out():
     assert int(model.generate(ids(1, 4), 3, temperature=0)[0, -1]) >= 90  # without the limit they would
 
 
-def test_same_seed_same_tokens_other_seed_other_tokens():
+def test_same_seed_same_tokens_other_seed_other_tokens(small_model):
     model = small_model()
     prompt = ids(1, 4)
 
@@ -97,7 +92,7 @@ def test_same_seed_same_tokens_other_seed_other_tokens():
     assert not torch.equal(sample(11), sample(12))
 
 
-def test_zero_new_tokens_returns_the_prompt():
+def test_zero_new_tokens_returns_the_prompt(small_model):
     prompt = ids(2, 5)
     assert torch.equal(small_model().generate(prompt, 0), prompt)
 
@@ -111,13 +106,13 @@ def test_zero_new_tokens_returns_the_prompt():
         ({"vocab_size": 0}, "vocab_size"),
     ],
 )
-def test_bad_arguments_are_user_errors(kwargs, message):
+def test_bad_arguments_are_user_errors(kwargs, message, small_model):
     kwargs = {"max_new_tokens": 3, **kwargs}
     with pytest.raises(UserError, match=message):
         small_model().generate(ids(1, 3), **kwargs)
 
 
-def test_window_select_rows_moves_tokens_and_cache_together():
+def test_window_select_rows_moves_tokens_and_cache_together(small_model):
     """After reordering rows, one more step gives each row the logits of its own sequence."""
     model = small_model()
     prompt = ids(3, 6)
@@ -131,7 +126,7 @@ def test_window_select_rows_moves_tokens_and_cache_together():
     assert torch.equal(window.ids[:, :6], prompt[rows])
 
 
-def test_window_grows_a_single_prompt_into_beams():
+def test_window_grows_a_single_prompt_into_beams(small_model):
     model = small_model()
     prompt = ids(1, 5)
     window = TokenWindow(model, prompt, 2)

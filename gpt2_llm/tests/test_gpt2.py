@@ -7,12 +7,7 @@ import torch.nn.functional as F
 from gpt2_llm import GPT2, PRESETS, GPT2Config
 from gpt2_llm.errors import UserError
 
-SMALL = dict(vocab_size=101, embedding_dim=64, num_layers=2, num_heads=4, max_seq_len=32)
-
-
-def small_model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return GPT2(**{**SMALL, **overrides}).eval()
+from gpt2_llm.tests.conftest import SMALL
 
 
 def ids(batch, length, seed=1, vocab=SMALL["vocab_size"]):
@@ -45,7 +40,8 @@ def test_config_dict_round_trip():
         ({"num_heads": True}, "positive integer"),
         ({"feedforward_dim": 0}, "positive integer"),
         ({"dropout": 1.0}, "dropout"),
-        ({"dropout": "0.1"}, "must be a number"),
+        ({"dropout": "0.1"}, "must be a finite number"),
+        ({"rope_base": float("nan")}, "must be a finite number"),
         ({"use_rope": "yes"}, "true or false"),
         ({"layer_norm_eps": 0}, "positive"),
         ({"n_embd": 768}, "unknown config key"),
@@ -66,26 +62,26 @@ def test_presets_build_valid_configs():
 # --- structure -----------------------------------------------------------------------------
 
 
-def test_model_keeps_its_config_and_from_config_rebuilds_it():
+def test_model_keeps_its_config_and_from_config_rebuilds_it(small_model):
     model = small_model(use_rope=True)
     assert model.config == GPT2Config(**SMALL, use_rope=True)
     assert GPT2.from_config(model.config).config == model.config
 
 
-def test_head_is_tied_to_token_embedding():
+def test_head_is_tied_to_token_embedding(small_model):
     model = small_model()
     assert model.lm_head.weight is model.wte.weight
     assert model.lm_head.weight.data_ptr() == model.wte.weight.data_ptr()
 
 
-def test_num_parameters_counts_tied_weight_once():
+def test_num_parameters_counts_tied_weight_once(small_model):
     model = small_model()
     V, C, L, T = 101, 64, 2, 32
     per_block = 2 * 2 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C)
     assert model.num_parameters() == V * C + T * C + L * per_block + 2 * C
 
 
-def test_rope_model_has_no_position_table():
+def test_rope_model_has_no_position_table(small_model):
     model = small_model(use_rope=True)
     assert model.wpe is None
     assert not any(name.startswith("wpe") for name in model.state_dict())
@@ -114,14 +110,14 @@ def test_gpt2_initialisation():
 
 
 @pytest.mark.parametrize("use_rope", [False, True])
-def test_logits_shape(use_rope):
+def test_logits_shape(use_rope, small_model):
     model = small_model(use_rope=use_rope)
     assert model(ids(3, 7)).shape == (3, 7, 101)
     assert model(ids(1, 32)).shape == (1, 32, 101)
 
 
 @pytest.mark.parametrize("use_rope", [False, True])
-def test_changing_a_future_token_never_changes_past_logits(use_rope):
+def test_changing_a_future_token_never_changes_past_logits(use_rope, small_model):
     model = small_model(use_rope=use_rope)
     x = ids(2, 20)
     changed = x.clone()
@@ -131,12 +127,12 @@ def test_changing_a_future_token_never_changes_past_logits(use_rope):
     assert not torch.allclose(a[:, 12:], b[:, 12:])
 
 
-def test_sequence_longer_than_context_is_a_user_error():
+def test_sequence_longer_than_context_is_a_user_error(small_model):
     with pytest.raises(UserError, match="longer than the model's context"):
         small_model()(ids(1, 33))
 
 
-def test_loss_is_mean_cross_entropy_with_ignore_index():
+def test_loss_is_mean_cross_entropy_with_ignore_index(small_model):
     model = small_model()
     x, y = ids(2, 10), ids(2, 10, seed=2)
     y[0, :3] = -100
@@ -148,7 +144,7 @@ def test_loss_is_mean_cross_entropy_with_ignore_index():
     torch.testing.assert_close(model.loss(x, y), manual, atol=1e-5, rtol=1e-5)
 
 
-def test_loss_accepts_non_contiguous_targets():
+def test_loss_accepts_non_contiguous_targets(small_model):
     model = small_model()
     data = ids(2, 11)
     x, y = data[:, :-1], data[:, 1:]
@@ -156,7 +152,7 @@ def test_loss_accepts_non_contiguous_targets():
     torch.testing.assert_close(model.loss(x, y), model.loss(x, y.contiguous()))
 
 
-def test_loss_under_bf16_autocast_is_close_to_fp32():
+def test_loss_under_bf16_autocast_is_close_to_fp32(small_model):
     model = small_model()
     x, y = ids(4, 32), ids(4, 32, seed=2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -165,7 +161,7 @@ def test_loss_under_bf16_autocast_is_close_to_fp32():
 
 
 @pytest.mark.parametrize("use_rope", [False, True])
-def test_every_parameter_gets_a_gradient(use_rope):
+def test_every_parameter_gets_a_gradient(use_rope, small_model):
     model = small_model(use_rope=use_rope).train()
     model.loss(ids(2, 16), ids(2, 16, seed=2)).backward()
     for name, p in model.named_parameters():
@@ -173,7 +169,7 @@ def test_every_parameter_gets_a_gradient(use_rope):
         assert p.grad.abs().sum() > 0, name
 
 
-def test_dropout_is_active_only_in_training():
+def test_dropout_is_active_only_in_training(small_model):
     model = small_model(dropout=0.5)
     x = ids(1, 8)
     torch.testing.assert_close(model(x), model(x))
@@ -186,7 +182,7 @@ def test_dropout_is_active_only_in_training():
 
 @pytest.mark.parametrize("use_rope", [False, True])
 @pytest.mark.parametrize("chunks", [(9, 1, 1, 1, 1, 1, 1, 1), (1,) * 16, (4, 6, 1, 5)])
-def test_cached_decoding_equals_full_forward(use_rope, chunks):
+def test_cached_decoding_equals_full_forward(use_rope, chunks, small_model):
     model = small_model(use_rope=use_rope)
     x = ids(2, sum(chunks))
     full = model(x)
@@ -198,7 +194,7 @@ def test_cached_decoding_equals_full_forward(use_rope, chunks):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
-def test_cache_fills_to_context_then_refuses():
+def test_cache_fills_to_context_then_refuses(small_model):
     model = small_model()
     cache = model.new_cache()
     model(ids(1, 32), cache)
@@ -208,7 +204,7 @@ def test_cache_fills_to_context_then_refuses():
     torch.testing.assert_close(model(ids(1, 5), cache), model(ids(1, 5)), atol=1e-5, rtol=1e-5)
 
 
-def test_cache_follows_activation_dtype():
+def test_cache_follows_activation_dtype(small_model):
     model = small_model()
     cache = model.new_cache()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -228,7 +224,7 @@ def greedy_without_cache(model, x, n):
 
 
 @pytest.mark.parametrize("use_rope", [False, True])
-def test_greedy_generate_equals_argmax_loop(use_rope):
+def test_greedy_generate_equals_argmax_loop(use_rope, small_model):
     model = small_model(use_rope=use_rope)
     x = ids(2, 5)
     out = model.generate(x, 20, temperature=0)
@@ -238,7 +234,7 @@ def test_greedy_generate_equals_argmax_loop(use_rope):
 
 
 @pytest.mark.parametrize("use_rope", [False, True])
-def test_generate_slides_past_the_context(use_rope):
+def test_generate_slides_past_the_context(use_rope, small_model):
     model = small_model(use_rope=use_rope)  # context 32
     x = ids(2, 20)
     out = model.generate(x, 40, temperature=0)
@@ -249,7 +245,7 @@ def test_generate_slides_past_the_context(use_rope):
     assert long_prompt.shape == (1, 55)
 
 
-def test_sliding_window_rebuilds_from_last_tokens():
+def test_sliding_window_rebuilds_from_last_tokens(small_model):
     """Once the cache is full, each new token's logits come from the most recent max_seq_len - 1
     (or max_seq_len, after a cached step) tokens: the same logits a plain crop would give."""
     model = small_model()
@@ -259,7 +255,7 @@ def test_sliding_window_rebuilds_from_last_tokens():
     assert out[0, 34].item() == model(out[:, 2:34])[0, -1].argmax().item()  # then one cached step
 
 
-def test_seeded_sampling_is_reproducible():
+def test_seeded_sampling_is_reproducible(small_model):
     model = small_model()
     x = ids(2, 4)
     a = model.generate(x, 15, temperature=1.0, top_p=0.9, generator=torch.Generator().manual_seed(7))
@@ -269,7 +265,7 @@ def test_seeded_sampling_is_reproducible():
     assert not torch.equal(a, c)
 
 
-def test_eos_stops_and_pads_finished_rows():
+def test_eos_stops_and_pads_finished_rows(small_model):
     model = small_model()
     x = ids(2, 3)
     free = model.generate(x, 10, temperature=0)
@@ -284,13 +280,13 @@ def test_eos_stops_and_pads_finished_rows():
     assert single.shape[1] == 3 + first + 1  # a lone row stops at its eos
 
 
-def test_generate_restores_training_mode_and_tracks_no_gradients():
+def test_generate_restores_training_mode_and_tracks_no_gradients(small_model):
     model = small_model(dropout=0.1).train()
     out = model.generate(ids(1, 3), 4, temperature=0)
     assert model.training
     assert not out.requires_grad
 
 
-def test_generate_rejects_empty_prompt():
+def test_generate_rejects_empty_prompt(small_model):
     with pytest.raises(UserError, match="prompt"):
         small_model().generate(torch.zeros(1, 0, dtype=torch.long), 3)

@@ -4,20 +4,22 @@ import signal
 import pytest
 import torch
 
-from bpe import BPE
 from gpt2_llm import checkpoint, lora
 from gpt2_llm.errors import UserError
 from gpt2_llm.gpt2 import GPT2
 from gpt2_llm.optim import make_adamw
-from gpt2_llm.tests.test_trainer import QUIET, corpus, interrupt_after, one_thread, read_log, vocab  # noqa: F401
+from gpt2_llm.tests.conftest import make_small_model
+from gpt2_llm.tests.test_trainer import QUIET, interrupt_after, read_log
 from gpt2_llm.trainer import Trainer
+from gpt2_llm.vocab import load_vocab
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 SHAPE = dict(embedding_dim=32, num_layers=2, num_heads=2, max_seq_len=32)
 
 
-def micro_model(vocab_size=300, seed=0, **shape):
-    torch.manual_seed(seed)
-    return GPT2(vocab_size, **{**SHAPE, **shape})
+def micro_model(seed=0, **shape):
+    """conftest's small model at the trainer tests' shape, over the 300-token vocab."""
+    return make_small_model(seed, **{"vocab_size": 300, **SHAPE, **shape})
 
 
 def random_ids(batch=2, length=16, vocab_size=300, seed=1):
@@ -112,12 +114,6 @@ def test_weights_fingerprint_ignores_adapters_and_tells_weights_apart():
 # --- through the Trainer ------------------------------------------------------------------------
 
 
-def load_bpe(path):
-    bpe = BPE(str(path))
-    bpe.load()
-    return bpe
-
-
 @pytest.fixture(scope="module")
 def base_checkpoint(vocab, corpus, tmp_path_factory):
     """A micro model trained briefly on the first half of the corpus (the base to fine-tune)."""
@@ -150,7 +146,7 @@ def lora_trainer(base_path, bpe, config=lora.LoRAConfig(rank=4), **options):
 
 
 def test_lora_fine_tuning_lowers_the_validation_loss_and_leaves_the_base(vocab, base_checkpoint, new_text, tmp_path):
-    bpe = load_bpe(vocab)
+    bpe = load_vocab(vocab)
     trainer = lora_trainer(base_checkpoint, bpe)
     data = trainer.load_data(new_text)
     before, _ = trainer.evaluate(data)
@@ -163,7 +159,7 @@ def test_lora_fine_tuning_lowers_the_validation_loss_and_leaves_the_base(vocab, 
 
 
 def test_adapter_file_holds_only_the_adapters_and_resumes_exactly(vocab, base_checkpoint, new_text, tmp_path):
-    bpe = load_bpe(vocab)
+    bpe = load_vocab(vocab)
     dropout_lora = lora.LoRAConfig(rank=4, dropout=0.1)  # the RNG state must resume too
     straight = lora_trainer(base_checkpoint, bpe, dropout_lora, log_file=str(tmp_path / "straight.jsonl"))
     straight.train(new_text, max_steps=8, save_path=tmp_path / "straight.safetensors")
@@ -182,7 +178,7 @@ def test_adapter_file_holds_only_the_adapters_and_resumes_exactly(vocab, base_ch
     second = Trainer.resume(model, bpe, tensors, metadata, adapter=metadata["adapter"], device="cpu",
                             log_file=str(tmp_path / "resumed.jsonl"), **QUIET)
     assert second.state.step == 4
-    second.train(new_text, max_steps=8, save_path=tmp_path / "resumed.safetensors")
+    second.train(new_text, save_path=tmp_path / "resumed.safetensors")  # no length: the saved plan
     for a, b in zip(read_log(tmp_path / "straight.jsonl"), read_log(tmp_path / "resumed.jsonl")):
         assert (a["loss"], a.get("val_loss")) == (b["loss"], b.get("val_loss")), a["step"]
     for key, tensor in lora.adapter_tensors(straight.model).items():
@@ -190,7 +186,7 @@ def test_adapter_file_holds_only_the_adapters_and_resumes_exactly(vocab, base_ch
 
 
 def test_a_model_loader_refuses_an_adapter_file_with_what_it_is(vocab, base_checkpoint, new_text, tmp_path):
-    trainer = lora_trainer(base_checkpoint, load_bpe(vocab))
+    trainer = lora_trainer(base_checkpoint, load_vocab(vocab))
     trainer.train(new_text, max_steps=1, save_path=tmp_path / "adapter.safetensors")
     with pytest.raises(UserError, match="is a LoRA adapter file, not a model.*--adapter"):
         GPT2.from_checkpoint(tmp_path / "adapter.safetensors")
@@ -199,7 +195,7 @@ def test_a_model_loader_refuses_an_adapter_file_with_what_it_is(vocab, base_chec
 
 
 def test_sigint_during_fine_tuning_saves_the_adapter(vocab, base_checkpoint, new_text, tmp_path):
-    trainer = lora_trainer(base_checkpoint, load_bpe(vocab))
+    trainer = lora_trainer(base_checkpoint, load_vocab(vocab))
     interrupt_after(trainer, 2)
     result = trainer.train(new_text, max_steps=50, save_path=tmp_path / "a.safetensors")
     assert (result.stop_reason, result.steps, result.signal_number) == ("interrupted", 2, signal.SIGINT)

@@ -1,7 +1,7 @@
 """trainer.py: learning, exact resume, interruption, divergence, checkpoints, and the train/plot CLI.
 
 The models here are micro GPTs (2 layers, width 32, context 32) so that the whole file runs in
-well under a minute on two CPU cores.
+well under a minute on two CPU cores. corpus, vocab and one_thread come from conftest.py.
 """
 import json
 import math
@@ -19,39 +19,13 @@ from bpe import BPE
 from gpt2_llm import checkpoint
 from gpt2_llm.errors import UserError
 from gpt2_llm.gpt2 import GPT2
+from gpt2_llm.tests.conftest import MAIN, REPO
 from gpt2_llm.trainer import Trainer
+from gpt2_llm.vocab import load_vocab
 
-REPO = Path(__file__).resolve().parents[2]
-MAIN = str(REPO / "main.py")
+pytestmark = pytest.mark.usefixtures("one_thread")
 MICRO = dict(embedding_dim=32, num_layers=2, num_heads=2, max_seq_len=32, batch_size=4, learning_rate=3e-3)
 QUIET = dict(progress=False, sample_tokens=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Micro models gain nothing from threads, and on a busy machine OpenMP's spinning threads lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    text = (REPO / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:60_000]
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def vocab(corpus):
-    path = corpus.parent / "vocab.txt"
-    bpe = BPE(str(path))
-    bpe.set_vocab_size(300)
-    bpe.create_vocab(corpus.read_text(encoding="utf-8"), verbose=False)
-    bpe.save()
-    return path
 
 
 def micro_trainer(vocab, **options):
@@ -99,12 +73,10 @@ def test_interrupted_and_resumed_run_matches_a_straight_run(vocab, corpus, tmp_p
     result = first.train(corpus, max_steps=8, save_path=tmp_path / "resumed.pt")
     assert (result.stop_reason, result.steps, result.signal_number) == ("interrupted", 4, signal.SIGINT)
     del first  # a new process would know only the checkpoint
-    bpe = BPE(str(vocab))
-    bpe.load()
-    second = Trainer.from_checkpoint(tmp_path / "resumed.pt", bpe, log_file=str(tmp_path / "resumed.jsonl"),
-                                     device="cpu", **QUIET)
+    second = Trainer.from_checkpoint(tmp_path / "resumed.pt", load_vocab(vocab),
+                                     log_file=str(tmp_path / "resumed.jsonl"), device="cpu", **QUIET)
     assert second.state.step == 4
-    assert second.train(corpus, max_steps=8, save_path=tmp_path / "resumed.pt").steps == 8
+    assert second.train(corpus, save_path=tmp_path / "resumed.pt").steps == 8  # no length given: the saved plan
 
     straight_log, resumed_log = read_log(tmp_path / "straight.jsonl"), read_log(tmp_path / "resumed.jsonl")
     assert [r["step"] for r in resumed_log] == list(range(1, 9))
@@ -116,6 +88,61 @@ def test_interrupted_and_resumed_run_matches_a_straight_run(vocab, corpus, tmp_p
     for name, p in straight.model.named_parameters():
         a, b = straight.optimizer.state[p], second.optimizer.state[second_params[name]]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_length_given_on_resume_replaces_the_interrupted_runs_plan(vocab, corpus, tmp_path, capsys):
+    first = micro_trainer(vocab, eval_interval=1000, warmup_steps=1)
+    interrupt_after(first, 3)
+    assert first.train(corpus, max_steps=100_000, save_path=tmp_path / "m.pt").steps == 3
+    resumed = Trainer.from_checkpoint(tmp_path / "m.pt", first.bpe, eval_interval=1, **QUIET)
+    assert "eval_interval 1000 -> 1" in capsys.readouterr().out  # a setting given now wins too, and is said
+    result = resumed.train(corpus, max_steps=2, save_path=tmp_path / "m.pt")
+    assert (result.stop_reason, result.steps) == ("finished", 5)  # two more steps, not on towards 100,000
+    out = capsys.readouterr().out
+    assert "Resuming the interrupted run at step 3 for the length given now" in out and "steps 0..5" in out
+    assert resumed.state.run_start_step == 0 and resumed.state.run_warmup_steps == first.state.run_warmup_steps
+    assert resumed.learning_rate() == pytest.approx(0.1 * 3e-3)  # the cosine was fitted to the new end
+
+
+def test_the_progress_bar_counts_whole_seconds_under_max_time(vocab, corpus, tmp_path):
+    trainer = micro_trainer(vocab, progress=True)
+    bars = []
+    make_bar = trainer.progress_bar
+    trainer.progress_bar = lambda: bars.append(make_bar()) or bars[-1]
+    trainer.train(corpus, max_time=1.5, save_path=tmp_path / "m.pt")
+    bar = bars[0]
+    assert type(bar.n) is int and type(bar.total) is int and bar.total == 2, (bar.n, bar.total)
+    assert 1 <= bar.n <= bar.total and f"{bar.n}/{bar.total}" in str(bar)
+
+
+def test_kill_9_while_saving_leaves_a_temp_file_that_the_next_save_removes(vocab, corpus, tmp_path):
+    path = tmp_path / "m.pt"
+    micro_trainer(vocab).train(corpus, max_steps=2, save_path=path)
+    good = path.read_bytes()
+    dies_mid_write = f"""
+import os, signal
+from pathlib import Path
+from gpt2_llm import checkpoint
+from gpt2_llm.trainer import Trainer
+from gpt2_llm.vocab import load_vocab
+
+def write_half_then_die(tensors, filename, metadata=None):
+    Path(filename).write_bytes(b"half a checkpoint")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+checkpoint.save_file = write_half_then_die
+trainer = Trainer.from_checkpoint("m.pt", load_vocab({str(vocab)!r}), progress=False, sample_tokens=0)
+trainer.train({str(corpus)!r}, max_steps=1, save_path="m.pt")
+"""
+    killed = subprocess.run([sys.executable, "-c", dies_mid_write], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 2 and left[1] == "m.pt" and left[0].startswith(".m.pt.") and left[0].endswith(".tmp"), left
+    assert path.read_bytes() == good  # the checkpoint is the last good one
+
+    Trainer.from_checkpoint(path, load_vocab(vocab), **QUIET).train(corpus, max_steps=1, save_path=path)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # the dead writer's temp file is gone
 
 
 def test_checkpoint_layout(vocab, corpus, tmp_path):
@@ -196,15 +223,13 @@ def test_checkpoint_with_another_vocab_is_refused(vocab, corpus, tmp_path):
 
 
 def test_vocab_larger_than_the_model_is_refused(vocab):
-    bpe = BPE(str(vocab))
-    bpe.load()
+    bpe = load_vocab(vocab)
     with pytest.raises(UserError, match="300 tokens but the model has only 256"):
         Trainer(GPT2(256, 32, 1, 2, 32), bpe, 32, 4, 1e-3, **QUIET)
 
 
 def test_context_longer_than_the_model_is_refused(vocab):
-    bpe = BPE(str(vocab))
-    bpe.load()
+    bpe = load_vocab(vocab)
     with pytest.raises(UserError, match="context 64 is longer"):
         Trainer(GPT2(320, 32, 1, 2, 32), bpe, 64, 4, 1e-3, **QUIET)
 
@@ -258,12 +283,15 @@ def test_max_time_alone_runs_past_one_epoch(vocab, corpus, tmp_path):
     assert trainer.state.run_total_steps - trainer.state.run_start_step == steps_per_epoch
 
 
-def test_bf16_on_cpu_switches_to_the_explicit_attention(vocab):
-    def kernels(trainer):
-        return {m.use_math for m in trainer.model.modules() if hasattr(m, "use_math")}
+def test_one_preset_table_holds_each_shape_with_its_training_settings():
+    from gpt2_llm.config import PRESET_TABLE, PRESETS, GPT2Config
 
-    assert kernels(micro_trainer(vocab, dtype="bf16", device="cpu")) == {True}  # faster there (device.py)
-    assert kernels(micro_trainer(vocab, dtype="fp32", device="cpu")) == {False}
+    quick, tiny = PRESET_TABLE["quick"], PRESET_TABLE["tiny"]
+    assert quick.shape == dict(num_layers=4, embedding_dim=128, num_heads=4, max_seq_len=128)  # published figures
+    assert quick.training == dict(batch_size=8, learning_rate=2e-3, warmup_steps=60, eval_interval=250,
+                                  eval_tokens=65536)
+    assert GPT2Config(vocab_size=300, **tiny.shape).num_layers < quick.shape["num_layers"]  # tiny is tinier
+    assert PRESETS == {name: preset.shape for name, preset in PRESET_TABLE.items()}  # the API's view of the same table
 
 
 def test_unknown_device_is_a_user_error(vocab):
@@ -297,8 +325,8 @@ def test_cli_train_resume_and_plot(corpus, tmp_path):
     assert again.returncode == 0, again.stderr
     assert "Done at step 4" in again.stdout
 
-    conflict = main_py("train", "corpus.txt", "vocab.txt", "gpt2_model.pt", "--dim", "64", cwd=tmp_path)
-    assert conflict.returncode == 2 and "embedding_dim 64 (checkpoint has 128)" in conflict.stderr
+    conflict = main_py("train", "corpus.txt", "vocab.txt", "gpt2_model.pt", "--dim", "128", cwd=tmp_path)
+    assert conflict.returncode == 2 and "embedding_dim 128 (checkpoint has 64)" in conflict.stderr
     assert conflict.stderr.count("\n") == 1, "one line, no traceback"
 
     plot = main_py("plot", "log.jsonl", "--output", "loss.png", cwd=tmp_path)
@@ -321,10 +349,14 @@ def test_cli_signal_saves_a_resumable_checkpoint(corpus, vocab, tmp_path, signal
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == exit_code, err
     assert "Interrupted at step" in out and "Traceback" not in err
-    bpe = BPE(str(vocab))
-    bpe.load()
-    resumed = Trainer.from_checkpoint(tmp_path / "m.pt", bpe, **QUIET)
-    assert resumed.state.step == len(read_log(log)) and resumed.state.run_total_steps == 100_000
+    resumed = Trainer.from_checkpoint(tmp_path / "m.pt", load_vocab(vocab), **QUIET)
+    step = resumed.state.step
+    assert step == len(read_log(log)) and resumed.state.run_total_steps == 100_000
+    if signal_number == signal.SIGTERM:  # the issue's case: --max-steps on the resume command wins
+        again = main_py("train", corpus, vocab, "m.pt", "--max-steps", "2", "--no-progress", cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert f"Resuming the interrupted run at step {step} for the length given now" in again.stdout
+        assert f"Done at step {step + 2}" in again.stdout
 
 
 def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
