@@ -62,15 +62,54 @@ _ASCII_PATTERN = re.compile(
 )
 
 
+def split_plain(text):
+    """GPT-2's pre-split, the plain way: the `regex` pattern over the whole text. "Hi, you" -> ["Hi", ",", " you"]"""
+    return _PATTERN.findall(text)
+
+
+# Text that is mostly ASCII (source code, English with a few curly quotes) takes the fast `re` pattern for its ASCII
+# stretches and `regex` only around its non-ASCII characters. A stretch ends at a word start: between a non-space and
+# a space, the pre-split always ends a chunk (no alternative matches a non-space followed by a space; only " ?" starts
+# a chunk with a space, and the pattern never looks behind), and each side splits alone as it does inside the text
+# (a space run that touched the cut would need a non-space after it; there is none). Non-ASCII characters less than
+# 256 apart share one stretch, so a stretch is not one word here and one there; and text whose UTF-8 has more than
+# one extra byte per 64 characters (a few percent non-ASCII) skips all this: `regex` throughout is then as fast.
+_NON_ASCII_STRETCH = regex.compile(r"[^\x00-\x7f][^\x00-\x7f]*+(?:[\x00-\x7f]{1,255}+[^\x00-\x7f]++)*+")
+_WORD_START = regex.compile(r"\S\s")  # a cut goes between the two characters
+_LAST_WORD_START = regex.compile(r"(?r)\S\s")  # the same, searched backwards from the end
+
+
 def _split(text):
-    """GPT-2's pre-split, on the fast path when the text is ASCII. "Hello, world!" -> ["Hello", ",", " world", "!"]"""
-    return (_ASCII_PATTERN if text.isascii() else _PATTERN).findall(text)
+    """GPT-2's pre-split, as split_plain gives it, faster: `re` on ASCII text and on the ASCII stretches of mostly
+    ASCII text (see above). _split("Hello, wörld!") -> ["Hello", ",", " wörld", "!"]"""
+    if text.isascii():
+        return _ASCII_PATTERN.findall(text)
+    if len(text.encode("utf-8", "surrogatepass")) - len(text) > len(text) >> 6:
+        return split_plain(text)
+    return _split_mostly_ascii(text)
+
+
+def _split_mostly_ascii(text):
+    """The pre-split of any text, in stretches: `regex` from the word start before each non-ASCII stretch to the word
+    start after it, `re` in between. "ab cd é ef" -> re: ["ab", " cd"], regex: [" é"], re: [" ef"]"""
+    chunks, start = [], 0
+    while stretch := _NON_ASCII_STRETCH.search(text, start):
+        before = _LAST_WORD_START.search(text, start, stretch.start() + 1)
+        cut = before.start() + 1 if before else start
+        after = _WORD_START.search(text, stretch.end() - 1)
+        end = after.start() + 1 if after else len(text)
+        chunks += _ASCII_PATTERN.findall(text, start, cut)
+        chunks += _PATTERN.findall(text, cut, end)
+        start = end
+    chunks += _ASCII_PATTERN.findall(text, start)
+    return chunks
 
 
 # ---- encoding one chunk: apply the merges by rank ----
 
 def merge_by_rank(ids, merges, parents):
     """Encode one chunk: repeatedly merge every occurrence of the lowest-ranked adjacent pair (rank == merged id).
+    The plain form of BPE, and the reference: encode runs merge_by_rank_fast below, which test_bpe proves equal.
 
     merge_by_rank([104, 105, 104, 105], {(104, 105): 256}, {256: (104, 105)}) -> [256, 256]
     """
@@ -92,20 +131,56 @@ def merge_by_rank(ids, merges, parents):
     return ids
 
 
+_NEVER = 1 << 62  # the rank of a pair that is not a merge: above every real rank
+
+
+def merge_by_rank_fast(ids, merges):
+    """merge_by_rank's result, faster on the short chunks of real text: merge the leftmost lowest-ranked pair, then
+    look up only the two pairs beside it instead of rescanning the chunk. (A pair made with the new id always ranks
+    above it, since a merge's id is above its parents', so the next occurrence of the same pair is still the lowest;
+    leftmost-first is merge_by_rank's left-to-right order, "aaa" -> "aa" "a".) tiktoken's loop is the same one.
+
+    merge_by_rank_fast([104, 105, 104, 105], {(104, 105): 256}) -> [256, 256]
+    """
+    get = merges.get
+    # ranks[i] is the rank of the pair (ids[i], ids[i + 1]); one more _NEVER at the end stands for "no pair after".
+    ranks = [*map(get, zip(ids, ids[1:]), repeat(_NEVER)), _NEVER]
+    new_id = min(ranks)
+    while new_id != _NEVER:
+        i = ranks.index(new_id)
+        ids[i] = new_id
+        del ids[i + 1], ranks[i]
+        if i:
+            ranks[i - 1] = get((ids[i - 1], new_id), _NEVER)
+        if i + 1 < len(ids):
+            ranks[i] = get((new_id, ids[i + 1]), _NEVER)
+        new_id = min(ranks)
+    return ids
+
+
 _CACHE_MAX_CHUNKS = 1 << 18  # ~50 MB at most; a 5 MB English corpus has ~40k distinct chunks
 
 
 class _ChunkCache(dict):
-    """chunk -> tuple of ids. `__missing__` runs the merge loop, so encoding a list of chunks is a C-speed map over
-    `cache.__getitem__`. Cleared when full: simple, and a corpus's frequent chunks come back within a few lines."""
+    """chunk -> tuple of ids. `__missing__` encodes a chunk not seen yet, so encoding a list of chunks is a C-speed map
+    over `cache.__getitem__`. Cleared when full: simple, and a corpus's frequent chunks come back within a few lines.
 
-    def __init__(self, byte_table, merges, parents):
+    A chunk that is itself a token (a third of the distinct chunks of English text: " the", " Romeo") is that token,
+    found in one lookup of its bytes. tiktoken encodes the same way, and for a vocab that BPE learned (GPT-2's or
+    create_vocab's) the merges give the same id: test_bpe checks every token of both. Other chunks go through the
+    merges, on merge_by_rank_fast."""
+
+    def __init__(self, byte_table, token_ids, merges):
         super().__init__()
-        self.byte_table, self.merges, self.parents = byte_table, merges, parents
+        self.byte_table, self.token_ids, self.merges = byte_table, token_ids, merges
 
     def __missing__(self, chunk):
-        byte_ids = list(chunk.encode("utf-8", "surrogatepass").translate(self.byte_table))
-        ids = tuple(merge_by_rank(byte_ids, self.merges, self.parents))
+        data = chunk.encode("utf-8", "surrogatepass")
+        token = self.token_ids.get(data)
+        if token is not None:
+            ids = (token,)
+        else:
+            ids = tuple(merge_by_rank_fast(list(data.translate(self.byte_table)), self.merges))
         if len(self) >= _CACHE_MAX_CHUNKS:
             self.clear()
         self[chunk] = ids
@@ -357,7 +432,9 @@ class BPE:
         byte_table = bytearray(256)
         for token_id, b in enumerate(self._byte_values):
             byte_table[b] = token_id
-        self._cache = _ChunkCache(bytes(byte_table), self._merges, self._parents)
+        # bytes -> id of every regular token: a chunk that is a token needs no merges (see _ChunkCache)
+        token_ids = {data: token_id for token_id, data in enumerate(self._token_bytes[: self._eot_id])}
+        self._cache = _ChunkCache(bytes(byte_table), token_ids, self._merges)
         self._fingerprint = None
 
     @property
@@ -552,6 +629,8 @@ def read_gpt2_files(encoder_json_path, vocab_bpe_path):
         ids = encoder.get(left), encoder.get(right), encoder.get(left + right)
         if None in ids or ids[2] != 256 + rank:
             raise UserError(f"{vocab_bpe_path}: merge {rank} ({line!r}) does not match {encoder_json_path}")
+        if max(ids[:2]) >= ids[2]:  # as in a vocab.txt; merge_by_rank_fast relies on it
+            raise UserError(f"{vocab_bpe_path}: merge {rank} ({line!r}) uses a token that is merged only after it")
         merges.append(ids[:2])
     if encoder.get(EOT) != 256 + len(merges) or len(encoder) != 257 + len(merges):
         raise UserError(f"{encoder_json_path} and {vocab_bpe_path} do not belong together")

@@ -2,6 +2,7 @@
 reference, the vocab file format, and the multi-process encode_file against plain encode."""
 import errno
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -24,10 +25,14 @@ from bpe import (
     BPE,
     _ASCII_PATTERN,
     _PATTERN,
+    _split,
+    _split_mostly_ascii,
     merge_by_rank,
+    merge_by_rank_fast,
     parse_ids_json,
     read_text_file,
     split_for_workers,
+    split_plain,
     train_merges,
 )
 from gpt2_llm.errors import UserError
@@ -81,6 +86,23 @@ def tik():
 def corpus():
     with open(os.path.join(HERE, "data", "shakespeare.txt"), encoding="utf-8") as f:
         return f.read()
+
+
+@pytest.fixture(scope="module")
+def source_text():
+    """Real text that is not Shakespeare: the first ~400 kB of the Python source of transformers (pinned for the
+    tests), whole files in sorted order. Mostly ASCII with some non-ASCII, so encode takes its mixed split."""
+    package = os.path.dirname(importlib.util.find_spec("transformers").origin)  # found, not imported (slow)
+    files = sorted(os.path.join(d, f) for d, _, names in os.walk(package) for f in names if f.endswith(".py"))
+    parts, size = [], 0
+    for file in files:
+        parts.append(read_text_file(file) if os.path.getsize(file) else "")
+        size += len(parts[-1])
+        if size > 400_000:
+            break
+    text = "".join(parts)
+    assert not text.isascii()
+    return text
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +165,27 @@ def test_fast_ascii_pattern_splits_like_gpt2_pattern(text):
     assert _ASCII_PATTERN.findall(text) == _PATTERN.findall(text) == regex.findall(OPENAI_PATTERN, text)
 
 
+# Text that mixes ASCII with other characters, spaces of every kind and long runs: what the mixed split cuts.
+MIXED_TEXT = st.lists(
+    st.sampled_from(
+        ["a", "word", " ", "  ", " " * 300, "\n", "\n\n", "\t", "\r\n", "'s", "1", ".", "é", "中文", "👋", "\u00a0",
+         "\u3000", "\x85", "\x1c", "x" * 300, "y" * 255, "-" * 256]
+    )
+).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=MIXED_TEXT)
+def test_mixed_split_equals_plain_split(text):
+    assert _split_mostly_ascii(text) == _split(text) == split_plain(text)  # _split may not take the mixed path
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=MIXED_TEXT)
+def test_gpt2_matches_tiktoken_on_mixed_text(gpt2, tik, text):
+    assert gpt2.encode(text) == tik.encode_ordinary(text)
+
+
 @pytest.mark.parametrize("text", NASTY)
 def test_pattern_equals_openai_spelling(text):
     assert _PATTERN.findall(text) == regex.findall(OPENAI_PATTERN, text)
@@ -183,6 +226,10 @@ def test_gpt2_ids_and_special(gpt2, tik):
     assert gpt2.decode([50256]) == EOT
 
 
+def test_gpt2_matches_tiktoken_on_python_source(gpt2, tik, source_text):
+    assert gpt2.encode(source_text) == tik.encode_ordinary(source_text)
+
+
 def test_uppercase_s_is_not_a_contraction():
     assert _PATTERN.findall("he's HE'S") == ["he", "'s", " HE", "'", "S"]  # "'" is punctuation, "S" a word
     assert _PATTERN.findall("we'll WE'LL") == ["we", "'ll", " WE", "'", "LL"]
@@ -214,6 +261,43 @@ def test_round_trip_any_text(gpt2, trained, text):
 @given(text=st.text(alphabet=st.sampled_from("the quick brown fox's\n\t 123,é中👋")))
 def test_trained_encode_equals_naive_merges(trained, text):
     assert trained.encode(text) == naive_encode(trained, text)
+
+
+# ---- the fast encoding paths equal the plain ones ----
+
+
+def _byte_ids(bpe, data):
+    """Bytes as byte-token ids, where the merges start."""
+    return [bpe._byte_values.index(b) for b in data]
+
+
+def test_fast_split_equals_plain_split_on_real_text(corpus, source_text):
+    for text in (corpus, source_text, TRICKY, *NASTY):
+        assert _split(text) == _split_mostly_ascii(text) == split_plain(text)
+
+
+def test_fast_merge_equals_merge_by_rank_on_real_chunks(gpt2, trained, corpus, source_text):
+    for bpe in (gpt2, trained):
+        for chunk in set(_split(corpus[:500_000] + source_text + "".join(NASTY))):
+            ids = _byte_ids(bpe, chunk.encode("utf-8", "surrogatepass"))
+            assert merge_by_rank_fast(list(ids), bpe._merges) == merge_by_rank(ids, bpe._merges, bpe._parents)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunk=st.text(alphabet=st.sampled_from("aaab ethé"), max_size=40))  # runs like "aaaa" merge left to right
+def test_fast_merge_equals_merge_by_rank_on_any_chunk(gpt2, trained, chunk):
+    for bpe in (gpt2, trained):
+        ids = _byte_ids(bpe, chunk.encode("utf-8"))
+        assert merge_by_rank_fast(list(ids), bpe._merges) == merge_by_rank(ids, bpe._merges, bpe._parents)
+
+
+def test_every_token_encodes_as_itself(gpt2, trained):
+    # Why the chunk cache may take a chunk that is a token as that token, without merging: for a vocab BPE learned,
+    # the merges rebuild each token from its bytes (a merge inside a chunk never depends on what is outside it).
+    for bpe in (gpt2, trained):
+        for token_id in range(256, bpe.eot_id):
+            data = bpe._token_bytes[token_id]
+            assert merge_by_rank(_byte_ids(bpe, data), bpe._merges, bpe._parents) == [token_id], data
 
 
 def test_decode_pieces_join_to_text(gpt2):
@@ -492,6 +576,13 @@ def test_from_gpt2_bad_files(tmp_path):
     merges.write_text("\n".join([lines[0], lines[2], lines[1]] + lines[3:]), encoding="utf-8")  # two ranks swapped
     with pytest.raises(UserError, match="does not match"):
         BPE.from_gpt2(ENCODER_JSON, str(merges))
+    # A merge of a token that is made only by a later merge: no BPE learns that, and the fast merge loop assumes not.
+    spelled = bpe_module._gpt2_bytes_to_unicode()
+    encoder = {spelled[b]: b for b in range(256)} | {"abc": 256, "bc": 257, EOT: 258}
+    bad_json.write_text(json.dumps(encoder), encoding="utf-8")
+    merges.write_text("#version: 0.2\na bc\nb c\n", encoding="utf-8")
+    with pytest.raises(UserError, match="merge 0 .* merged only after it"):
+        BPE.from_gpt2(str(bad_json), str(merges))
 
 
 # ---- encode_file and safe cuts ----
