@@ -23,6 +23,7 @@ Two ways in:
                                    prepacking): no second copy, but the model can no longer train or save.
 """
 import copy
+import sys
 import weakref
 
 import torch
@@ -155,12 +156,13 @@ def decoding_model(model: nn.Module) -> nn.Module:
 
 
 def _is_sharded(model: nn.Module) -> bool:
-    """Whether FSDP2 (torchrun --fsdp) manages the model: its weights are DTensor shards between forwards."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # a PyTorch built without distributed support
-        return False
-    return isinstance(model, FSDPModule)
+    """Whether FSDP2 (torchrun --fsdp) manages the model: its weights are DTensor shards between forwards.
+
+    Looked up among the modules already imported: a model can only be sharded once FSDP is loaded, and
+    importing it here would cost a single-process run about a second.
+    """
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
 
 
 def forget_decoding_model(model: nn.Module) -> None:

@@ -55,7 +55,8 @@ def add_arguments(name, parser):
                        help="int8: weight-only int8 Linear layers, ~4x fewer bytes per token than fp32 (CPU)")
     where.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
     where.add_argument("--timing", action="store_true",
-                       help="print the generation speed to stderr at the end (tokens/s, prompt processing included)")
+                       help="print the generation speed to stderr at the end (tokens/s, prompt processing included; "
+                            "and the time spent preparing the weights for decoding)")
 
 
 def run(args):
@@ -74,7 +75,9 @@ def run(args):
     model, bpe = load_model_and_vocab(model_path, args.vocab, pretrained)
     if adapter is not None:
         model = merge_lora(apply_adapter(model, bpe, args.adapter, *adapter))
+    start = time.perf_counter()
     model = model.for_inference(DTYPES[options["dtype"]], options["quantize"], device)
+    options["prepare_seconds"] = time.perf_counter() - start
     prompt_ids = encode_prompt(args.prompt, bpe, model.config.max_seq_len)
     prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     generator = torch.Generator()  # a CPU generator, whatever the device: a seed means the same draws everywhere
@@ -118,7 +121,8 @@ def stream_sample(model, prompt, bpe, options, generator) -> None:
     print(stream.finish(), end="", flush=True)
     if options["timing"]:
         seconds = time.perf_counter() - start
-        print(f"\n[{count} tokens in {seconds:.3f} s: {count / seconds:.2f} tokens/s]", file=sys.stderr, flush=True)
+        print(f"\n[{count} tokens in {seconds:.3f} s: {count / seconds:.2f} tokens/s; weights prepared in "
+              f"{options['prepare_seconds']:.3f} s]", file=sys.stderr, flush=True)
 
 
 def beam_texts(model, prompt, bpe, options) -> list[str]:
