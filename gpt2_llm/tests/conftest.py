@@ -1,6 +1,8 @@
 """Fixtures shared by the package's tests: a small random model, the training corpus, its vocab.
 
     small_model(seed=0, **overrides)  a fresh GPT2 of the SMALL shape in eval mode (a factory fixture)
+    wide_logits_model(...)            the same with its matrices scaled up: greedy choices far from ties
+    greedy_without_cache(model, x, n) the reference decoder: the whole sequence through the model each step
     corpus                            a 60,000-character slice of the shipped Shakespeare, as a file
     vocab                             a 300-token BPE vocab learned from corpus, as a file
     one_thread                        run a test module's micro models on one thread
@@ -23,6 +25,27 @@ def make_small_model(seed=0, **overrides):
 
     torch.manual_seed(seed)
     return GPT2(**{**SMALL, **overrides}).eval()
+
+
+def wide_logits_model(seed=0, scale=4.0, **overrides):
+    """make_small_model with every matrix multiplied by scale: wide logits, so that float rounding never flips
+    a greedy choice between two near-tied tokens."""
+    model = make_small_model(seed, **overrides)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(scale)
+    return model
+
+
+@torch.no_grad()
+def greedy_without_cache(model, x, n):
+    """x (B, T) continued by n greedy tokens, each from a full forward over the last max_seq_len tokens:
+    no KV cache, no prepacked weights, nothing of generation.py."""
+    for _ in range(n):
+        next_id = model(x[:, -model.config.max_seq_len :])[:, -1].argmax(-1)
+        x = torch.cat((x, next_id[:, None]), dim=1)
+    return x
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from gpt2_llm.beam_search import beam_search
 from gpt2_llm.config import GPT2Config
 from gpt2_llm.errors import UserError
 from gpt2_llm.kv_cache import KVCache
+from gpt2_llm.tests.conftest import wide_logits_model
 
 
 class BigramModel(nn.Module):
@@ -61,13 +62,7 @@ def test_beams_come_best_first_and_eos_ends_a_beam():
 
 
 def random_model(seed=0):
-    torch.manual_seed(seed)
-    model = GPT2(vocab_size=97, embedding_dim=64, num_layers=2, num_heads=4, max_seq_len=32).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(4.0)  # wide logits: no near-ties
-    return model
+    return wide_logits_model(seed, scale=4.0, vocab_size=97)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

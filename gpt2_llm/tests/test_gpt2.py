@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from gpt2_llm import GPT2, PRESETS, GPT2Config
 from gpt2_llm.errors import UserError
 
-from gpt2_llm.tests.conftest import SMALL
+from gpt2_llm.tests.conftest import SMALL, greedy_without_cache
 
 
 def ids(batch, length, seed=1, vocab=SMALL["vocab_size"]):
@@ -214,13 +214,6 @@ def test_cache_follows_activation_dtype(small_model):
 
 
 # --- generate ------------------------------------------------------------------------------
-
-
-def greedy_without_cache(model, x, n):
-    for _ in range(n):
-        next_id = model(x[:, -model.config.max_seq_len :])[:, -1].argmax(-1)
-        x = torch.cat((x, next_id[:, None]), dim=1)
-    return x
 
 
 @pytest.mark.parametrize("use_rope", [False, True])

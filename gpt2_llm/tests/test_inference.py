@@ -13,34 +13,19 @@ import pytest
 import torch
 from torch import nn
 
-from gpt2_llm import GPT2
 from gpt2_llm.errors import UserError
 from gpt2_llm.inference import Int8Linear, PackedLinear, can_prepack, decoding_model, prepare_for_inference
+from gpt2_llm.tests.conftest import greedy_without_cache, wide_logits_model
 
 CPU = torch.device("cpu")
 
 
 def wide_model(seed=0):
-    torch.manual_seed(seed)
-    model = GPT2(vocab_size=512, embedding_dim=64, num_layers=2, num_heads=4, max_seq_len=64).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(5.0)
-    return model
+    return wide_logits_model(seed, scale=5.0, vocab_size=512, max_seq_len=64)
 
 
 def tokens(seed=0):
     return torch.randint(0, 512, (2, 48), generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def plain_greedy(model, prompt, new_tokens):
-    """The reference: the whole sequence through the plain model each step, no cache, no packing."""
-    ids = prompt
-    for _ in range(new_tokens):
-        ids = torch.cat((ids, model(ids)[:, -1].argmax(-1, keepdim=True)), dim=1)
-    return ids
 
 
 def test_int8_linear_is_the_dequantized_matmul():
@@ -73,7 +58,7 @@ def test_packed_fp32_is_the_same_function():
     with torch.no_grad():
         torch.testing.assert_close(packed(tokens()), model(tokens()), atol=1e-4, rtol=1e-4)
     prompt = tokens()[:1, :8]
-    assert torch.equal(packed.generate(prompt, 30, temperature=0), plain_greedy(model, prompt, 30))
+    assert torch.equal(packed.generate(prompt, 30, temperature=0), greedy_without_cache(model, prompt, 30))
 
 
 # --- the decoding copy: what GPT2.generate (and so the trainer's samples) decode with ---------------
@@ -87,7 +72,7 @@ def test_generate_on_a_plain_model_decodes_with_packed_weights_and_the_same_resu
     assert decoder is not model and isinstance(decoder.lm_head, PackedLinear)
     assert type(model.lm_head) is nn.Linear and model.lm_head.weight is model.wte.weight  # the model is untouched
     assert decoder.wte.weight is model.wte.weight  # every non-Linear weight is shared, not copied
-    assert torch.equal(model.generate(prompt, 20, temperature=0), plain_greedy(model, prompt, 20))
+    assert torch.equal(model.generate(prompt, 20, temperature=0), greedy_without_cache(model, prompt, 20))
 
 
 @pytest.mark.skipif(not can_prepack(torch.float32), reason="no oneDNN linear prepacking in this PyTorch")
@@ -100,11 +85,11 @@ def test_the_decoding_copy_is_kept_until_a_weight_changes():
     second = decoding_model(model)
     assert second is not first
     prompt = tokens()[:1, :8]
-    assert torch.equal(model.generate(prompt, 12, temperature=0), plain_greedy(model, prompt, 12))
+    assert torch.equal(model.generate(prompt, 12, temperature=0), greedy_without_cache(model, prompt, 12))
     other = wide_model(seed=5)
     model.load_state_dict(other.state_dict())
     assert decoding_model(model) is not second
-    assert torch.equal(model.generate(prompt, 12, temperature=0), plain_greedy(other, prompt, 12))
+    assert torch.equal(model.generate(prompt, 12, temperature=0), greedy_without_cache(other, prompt, 12))
     model.train()  # training changes every weight: the copy is dropped rather than kept in memory
     model.eval()
     assert decoding_model(model) is not second
@@ -124,7 +109,7 @@ def test_generate_under_autocast_decodes_in_bf16_like_a_bf16_model():
 
 def test_for_inference_converts_in_place_and_decodes_without_a_copy():
     model = wide_model()
-    reference = plain_greedy(model, tokens()[:1, :8], 10)
+    reference = greedy_without_cache(model, tokens()[:1, :8], 10)
     same = model.for_inference(torch.bfloat16, "int8")
     assert same is model and isinstance(model.lm_head, Int8Linear)
     assert decoding_model(model) is model
