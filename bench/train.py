@@ -89,16 +89,14 @@ def build(shape, batch_size, device, dtype_name, compile_models):
     return trainer, hf, hf_forward, hf_optimizer, api_model.to(device).train()
 
 
-def api_step_fn(model, data, trainer):
-    """The step a library user writes with the model alone: model.loss under autocast, AdamW, clip."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                                  fused=trainer.device.type in ("cpu", "cuda"))
-    autocast_dtype = trainer.dtype if trainer.dtype != torch.float32 else None
+def loop_step_fn(model, loss_of_batch, optimizer, data, trainer):
+    """One step of a hand-written training loop (what the Trainer's step does, without the Trainer):
+    loss_of_batch(x, y) under autocast, backward, clip at 1.0, optimizer step."""
 
     def step():
         x, y = trainer.to_device(*data.random_batch(trainer.config.batch_size, trainer.batch_generator))
-        with torch.autocast(trainer.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = model.loss(x, y)
+        with autocast(trainer.device, trainer.dtype):
+            loss = loss_of_batch(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -108,20 +106,16 @@ def api_step_fn(model, data, trainer):
     return step
 
 
+def api_step_fn(model, data, trainer):
+    """The loop a library user writes with the model alone: model.loss, a stock fused AdamW."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                                  fused=trainer.device.type in ("cpu", "cuda"))
+    return loop_step_fn(model, model.loss, optimizer, data, trainer)
+
+
 def hf_step_fn(hf, hf_forward, optimizer, data, trainer):
-    """The same step as Trainer.train_step, written the way HF training loops write it."""
-
-    def step():
-        x, _ = trainer.to_device(*data.random_batch(trainer.config.batch_size, trainer.batch_generator))
-        with autocast(trainer.device, trainer.dtype):
-            loss = hf_forward(input_ids=x, labels=x).loss  # HF shifts the labels itself
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
-
-    return step
+    """The same step written the way HF training loops write it: the loss from labels=x (HF shifts them)."""
+    return loop_step_fn(hf, lambda x, y: hf_forward(input_ids=x, labels=x).loss, optimizer, data, trainer)
 
 
 def main():
