@@ -82,10 +82,10 @@ def hf_call(model, prompt, new_tokens):
     return call
 
 
-def cli_tokens_per_s(directory, new_tokens, threads, flags) -> tuple[float, float]:
+def cli_tokens_per_s(directory, new_tokens, threads, flags) -> tuple[float, float, float]:
     """One fresh `predict` process; its --timing line -> (tokens/s of the generation, tokens/s counting the
-    preparation of the weights too, as an API's first generate does)."""
-    command = [sys.executable, str(REPO / "main.py"), "predict", PROMPT, str(new_tokens), "--pretrained",
+    preparation of the weights too, as an API's first generate does, the process's peak RSS in MiB)."""
+    command = [sys.executable, "-c", CLI_WITH_RSS, str(REPO / "main.py"), "predict", PROMPT, str(new_tokens), "--pretrained",
                str(directory), "--temperature", "0", "--timing", *flags]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
@@ -93,10 +93,18 @@ def cli_tokens_per_s(directory, new_tokens, threads, flags) -> tuple[float, floa
     if match is None:
         raise RuntimeError(f"no timing line from predict: {result.stderr[-500:]}")
     count, seconds, prepare = int(match.group(1)), float(match.group(2)), float(match.group(3))
-    return count / seconds, count / (seconds + prepare)
+    peak_mib = float(re.search(r"\[peak RSS (\d+) MiB\]", result.stderr).group(1))
+    return count / seconds, count / (seconds + prepare), peak_mib
 
 
-API_COLD = """
+# The peak resident memory of this process: VmHWM, which starts afresh at exec (ru_maxrss on Linux would carry
+# over the parent's peak from fork, i.e. this benchmark's own ~3 GB).
+PEAK_RSS = """
+def peak_rss_mib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+"""
+API_COLD = PEAK_RSS + """
 import sys, time, torch
 sys.path.insert(0, {repo!r})
 from gpt2_llm import GPT2
@@ -104,17 +112,28 @@ model = GPT2.from_pretrained({directory!r}).eval(){cast}
 prompt = torch.tensor([{prompt_ids!r}])
 start = time.perf_counter()
 model.generate(prompt, {new_tokens}, temperature=0)
-print({new_tokens} / (time.perf_counter() - start))
+print({new_tokens} / (time.perf_counter() - start), peak_rss_mib())
+"""
+# `python main.py predict ...` in a process that reports its own peak RSS (MiB) on stderr when it ends.
+CLI_WITH_RSS = PEAK_RSS + """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    print(f"[peak RSS {peak_rss_mib():.0f} MiB]", file=sys.stderr)
 """
 
 
-def api_cold_tokens_per_s(directory, prompt_ids, new_tokens, threads, cast) -> float:
-    """The first model.generate of a fresh process (the packing of the decoding copy included)."""
+def api_cold_tokens_per_s(directory, prompt_ids, new_tokens, threads, cast) -> tuple[float, float]:
+    """The first model.generate of a fresh process (the packing of the decoding copy included) ->
+    (tokens/s, the process's peak RSS in MiB)."""
     code = API_COLD.format(repo=str(REPO), directory=str(directory), cast=cast, prompt_ids=prompt_ids,
                            new_tokens=new_tokens)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    return float(result.stdout.strip().splitlines()[-1])
+    rate, peak_mib = result.stdout.strip().splitlines()[-1].split()
+    return float(rate), float(peak_mib)
 
 
 def main():
@@ -154,6 +173,7 @@ def main():
         }
         outputs = {name: call() for name, (call, _) in contenders.items()}  # warm-up + greedy texts
         rates = {name: [] for name in contenders}
+        peaks = {}  # fresh-process contenders: peak resident memory, MiB
         cli_flags = {"CLI fp32": ([], "fp32"), "CLI bf16": (["--dtype", "bf16"], "bf16"),
                      "CLI int8": (["--quantize", "int8"], "int8")}
         rates.update({name: [] for name in cli_flags})
@@ -166,11 +186,14 @@ def main():
                 call()
                 rates[name].append(args.new_tokens / (time.perf_counter() - start))
             for name, (flags, _) in cli_flags.items():
-                generation, with_preparation = cli_tokens_per_s(workdir, args.new_tokens, args.threads, flags)
+                generation, with_preparation, peak = cli_tokens_per_s(workdir, args.new_tokens, args.threads, flags)
                 rates[name].append(generation)
                 rates[f"{name}, +prepare"].append(with_preparation)
+                peaks[name] = max(peaks.get(name, 0.0), peak)
             for name, (cast, _) in cold_casts.items():
-                rates[name].append(api_cold_tokens_per_s(workdir, prompt_ids, args.new_tokens, args.threads, cast))
+                rate, peak = api_cold_tokens_per_s(workdir, prompt_ids, args.new_tokens, args.threads, cast)
+                rates[name].append(rate)
+                peaks[name] = max(peaks.get(name, 0.0), peak)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -206,6 +229,9 @@ def main():
         api, cli = results[f"API {fmt}, 1st call"]["best"], results[f"CLI {fmt}, +prepare"]["best"]
         print(f"API / CLI {fmt}, a fresh process's first generation, preparing the weights included: "
               f"{api / cli:.3f} (target: >= 0.95)")
+    print("\npeak RSS of a fresh process (MiB; the fp32 weights alone are 475 MiB):")
+    for name, peak in peaks.items():
+        print(f"  {name:<20} {peak:>6.0f}")
     print("\n" + json.dumps({name: {k: round(v, 3) for k, v in r.items()} for name, r in results.items()}))
 
 
