@@ -189,6 +189,24 @@ class _ChunkCache(dict):
 
 # ---- training: learn the merges ----
 
+def count_chunks(text):
+    """{pre-split chunk: how often it occurs}: all that training needs from a text. Counts of pieces of a text
+    cut where cutting changes no chunk (see split_for_workers) add up to the counts of the whole.
+
+    count_chunks("the cat the") -> Counter({"the": 1, " cat": 1, " the": 1})
+    """
+    return Counter(_split(text))
+
+
+def recommended_vocab_size(chunk_counts):
+    """A vocab size for a text with these chunk counts: 257 plus half the distinct chunks seen at least twice (a
+    word seen once is not worth a token; half because merges also build the pieces of words), rounded up to a
+    multiple of 64 so no embedding row is padding, and clamped to [512, 50257]."""
+    repeated = sum(1 for count in chunk_counts.values() if count > 1)
+    size = (257 + repeated // 2 + 63) // 64 * 64
+    return min(max(size, 512), 50257)
+
+
 def _apply_merge(words, counts, chunk_indices, pair, new_id, pair_counts, where):
     """Replace `pair` by `new_id` in the chunks that hold it, adjusting the counts of the neighbouring pairs in place
     instead of recounting whole chunks. Returns the pairs that involve new_id (all new, so they need a heap entry).
@@ -458,13 +476,8 @@ class BPE:
         self._target_vocab_size = vocab_size
 
     def get_recommended_vocab_size(self, text):
-        """A vocab size for this text: 257 plus half the distinct pre-split chunks seen at least twice (a word seen
-        once is not worth a token; half because merges also build the pieces of words), rounded up to a multiple of
-        64 so no embedding row is padding, and clamped to [512, 50257]. The 5 MB Shakespeare corpus gives ~10k.
-        """
-        repeated = sum(1 for count in Counter(_split(text)).values() if count > 1)
-        size = (257 + repeated // 2 + 63) // 64 * 64
-        return min(max(size, 512), 50257)
+        """A vocab size for this text; see recommended_vocab_size. The 5 MB Shakespeare corpus gives ~10k."""
+        return recommended_vocab_size(count_chunks(text))
 
     def token_bytes(self):
         """id -> bytes of every regular token (<|endoftext|> excluded: it stands for no text). {..., 256: b" t"}"""
@@ -483,9 +496,16 @@ class BPE:
         Raises UserError when the text is empty or has too few distinct pairs to learn that many merges."""
         if not text:
             raise UserError("cannot train a tokenizer on empty text")
-        target = self._target_vocab_size or self.get_recommended_vocab_size(text)
+        self.create_vocab_from_counts(count_chunks(text), verbose)
+
+    def create_vocab_from_counts(self, chunk_counts, verbose=True):
+        """create_vocab from {pre-split chunk: count} instead of the text: what a corpus too big to hold in memory
+        gives when counted block by block (the merges depend on nothing else). {" the": 2, "cat": 1} -> merges"""
+        if not chunk_counts:
+            raise UserError("cannot train a tokenizer on empty text")
+        target = self._target_vocab_size or recommended_vocab_size(chunk_counts)
         num_merges = target - 257
-        merges = train_merges(Counter(_split(text)), num_merges, verbose)
+        merges = train_merges(chunk_counts, num_merges, verbose)
         if len(merges) < num_merges:
             raise UserError(
                 f"text too small for a vocab of {target}: it only has material for {257 + len(merges)} tokens; "
