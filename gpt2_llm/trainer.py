@@ -1,6 +1,6 @@
 """Trainer: the training loop around a GPT2 model, with evaluation, checkpoints and exact resume.
 
-    text file -> data.load_tokens (cached) -> TokenDataset -> random batches
+    text files -> token_cache.load_tokens (memory-mapped shards) -> TokenDataset -> random batches
     step:  grad_accum x (forward + backward under autocast) -> clip grads to 1.0 -> AdamW (fused)
     every eval_interval steps and at the end: val loss, bits per byte, a sample, a checkpoint
 
@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from gpt2_llm import checkpoint, distributed, loading, train_checkpoint
 from gpt2_llm.config import DEFAULT_MODEL, DEFAULT_PRESET, PRESET_TABLE, TrainingConfig
-from gpt2_llm.data import TokenDataset, load_tokens, token_byte_lengths
+from gpt2_llm.data import TokenDataset, token_byte_lengths
+from gpt2_llm.token_cache import load_tokens
 from gpt2_llm.device import autocast, dtype_name, pick_device, pick_dtype
 from gpt2_llm.errors import UserError
 from gpt2_llm.gpt2 import GPT2, next_token_loss
@@ -227,16 +228,19 @@ class Trainer:
     # --- the loop: schedule, stopping, evaluation, checkpoints, logs --------------------------
 
     def train(self, filepath, num_epochs: float | None = None, save_path=DEFAULT_MODEL, max_steps: int | None = None,
-              max_time: float | None = None) -> TrainResult:
-        """Train on a text file for num_epochs (or max_steps steps, or max_time seconds, whichever ends
+              max_time: float | None = None, val_file=None) -> TrainResult:
+        """Train on a corpus for num_epochs (or max_steps steps, or max_time seconds, whichever ends
         first), evaluating every eval_interval steps and at the end, checkpointing to save_path.
         No length given: one epoch, or the rest of a resumed run's saved plan (see plan_run).
         num_epochs None with max_time: as many steps as the time allows, however many epochs that is.
 
         Ctrl-C / SIGTERM finish the current step, save and return with stop_reason "interrupted".
         A NaN/inf loss raises UserError; the last checkpoint on disk is left as it was.
+
+        filepath: a text file, or several inputs (files, folders, globs, JSON lines; see corpus.py).
+        val_file: validate on this text (same kinds of inputs) instead of the corpus's last val_fraction.
         """
-        data = self.load_data(filepath)
+        data = self.load_data(filepath, val_file)
         self.plan_run(data, num_epochs, max_steps, max_time)
         state, config = self.state, self.config
         tokens_per_step = self.tokens_per_step
@@ -277,9 +281,16 @@ class Trainer:
         return TrainResult(stop_reason, state.step, state.last_val_loss, state.last_val_bpb,
                            str(save_path) if self.last_saved_step is not None else None, signals.signal_number)
 
-    def load_data(self, filepath) -> TokenDataset:
-        tokens = load_tokens(filepath, self.bpe, log=self.say)
-        return TokenDataset(tokens, self.config.context_length, self.config.val_fraction)
+    def load_data(self, filepath, val_file=None) -> TokenDataset:
+        """The corpus's tokens, memory-mapped; under torchrun the main process encodes what is not
+        cached yet while the others wait, then every rank maps the same shards."""
+        config = self.config
+        options = dict(text_field=config.text_field, skip_bad_files=config.skip_bad_files, log=self.say,
+                       progress=config.progress and self.is_main_process)
+        with distributed.main_process_first(self.distributed):
+            tokens = load_tokens(filepath, self.bpe, **options)
+            val_tokens = None if val_file is None else load_tokens(val_file, self.bpe, **options)
+        return TokenDataset(tokens, config.context_length, config.val_fraction, val_tokens)
 
     def plan_run(self, data: TokenDataset, num_epochs, max_steps, max_time) -> None:
         """Plan the run these steps belong to, and say which plan that is.

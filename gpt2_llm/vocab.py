@@ -1,10 +1,14 @@
-"""The vocabulary a model is used with: loading it, and checking that it belongs to the model.
+"""The vocabulary a model is used with: learning it from a corpus, loading it, and checking that it
+belongs to the model.
 
-No torch here: the tokenizer commands (`encode`, `decode`) load a vocab and must start fast.
+No torch here: the tokenizer commands (`tokenize`, `encode`, `decode`) must start fast.
 """
 import os
+import time
+from collections import Counter
 
-from bpe import BPE
+from bpe import BPE, count_chunks, recommended_vocab_size
+from gpt2_llm import corpus
 from gpt2_llm.errors import UserError
 
 DEFAULT_VOCAB = "vocab.txt"
@@ -25,6 +29,57 @@ def load_vocab(path) -> BPE:
     if not bpe.load():
         raise UserError(f"vocab file {path} not found; create one with: python main.py tokenize <file> --output {path}")
     return bpe
+
+
+def learn_vocab(inputs, vocab_path, vocab_size=None, sample_bytes=None, text_field="text", skip_bad_files=False,
+                log=print, progress=True) -> BPE:
+    """Learn a vocab from a corpus of any size and save it to vocab_path (atomically).
+
+    The text streams through: each worker counts the pre-split chunks of one piece at a time, and only
+    the counts are merged here, so memory follows the number of distinct chunks, not the corpus size.
+    sample_bytes: learn from about that many bytes spread evenly over the corpus instead of all of it.
+    vocab_size None: recommended from the counts (see bpe.recommended_vocab_size).
+    """
+    if vocab_size is not None and (type(vocab_size) is not int or vocab_size < 257):
+        raise UserError(f"--vocab-size must be at least 257 (256 bytes + <|endoftext|>), got {vocab_size}")
+    if sample_bytes is not None and sample_bytes < 1:
+        raise UserError(f"--sample-bytes must be positive, got {sample_bytes}")
+    sources = corpus.check_sources(corpus.find_sources(inputs), text_field, skip_bad_files, log=log)
+    pieces = corpus.plan_pieces(sources)
+    total = sum(p.size for p in pieces)
+    if sample_bytes is not None and sample_bytes < total:
+        pieces = corpus.sample_pieces(pieces, sample_bytes)
+        what = f"a {sum(p.size for p in pieces) / 1e6:,.1f} MB sample spread evenly over {corpus.describe(sources)}"
+    else:
+        what = corpus.describe(sources) if len(sources) > 1 else f"{total:,} bytes"
+    start = time.perf_counter()
+    counts = Counter()
+    for piece_counts in corpus.map_pieces(count_piece, pieces, text_field, desc="Counting", progress=progress):
+        counts.update(piece_counts)
+    bpe = BPE(os.fspath(vocab_path))
+    if vocab_size is not None:
+        bpe.set_vocab_size(vocab_size)
+    bpe.create_vocab_from_counts(counts, verbose=progress)
+    save_vocab(bpe)
+    log(f"Learned {bpe.vocab_size} tokens from {what} in {time.perf_counter() - start:.1f}s; saved {vocab_path} "
+        f"(model vocab size {bpe.get_model_vocab_size()})")
+    return bpe
+
+
+def count_piece(piece, text_field) -> Counter:
+    """{pre-split chunk: count} of one piece of a corpus (in a worker process)."""
+    counts = Counter()
+    for _, text in corpus.read_piece(piece, text_field):
+        count_chunks(text, counts)
+    return counts
+
+
+def save_vocab(bpe):
+    """bpe.save(), with a failed write (no such folder, disk full) as a UserError; the old file stays as it was."""
+    try:
+        bpe.save()
+    except OSError as e:
+        raise UserError(f"cannot write vocab {bpe.vocab_path}: {e.strerror or e}; nothing was changed") from None
 
 
 def vocab_problems(bpe, metadata: dict, config) -> list[str]:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from gpt2_llm.config import DEFAULT_MODEL
+from gpt2_llm.corpus import add_corpus_arguments
 from gpt2_llm.errors import UserError
 from gpt2_llm.vocab import DEFAULT_VOCAB, check_vocab, load_vocab
 
@@ -28,6 +29,8 @@ TRAINING_FLAGS = {
     "log_file": "log_file",
     "grad_checkpoint": "grad_checkpoint",
     "fsdp": "fsdp",
+    "text_field": "text_field",
+    "skip_bad_files": "skip_bad_files",
 }
 
 
@@ -47,6 +50,15 @@ def add_training_arguments(parser, default_save):
                         help="stop after this many seconds of training steps, then evaluate and save; "
                              "the lr schedule is fitted to the time. Alone it sets the length (epochs repeat); "
                              "with --epochs or --max-steps, whichever ends first")
+    data = parser.add_argument_group("data (the file may also be a folder, a quoted glob or a .jsonl file; "
+                                      "documents are joined with <|endoftext|>)")
+    data.add_argument("--input", action="append", metavar="PATH",
+                      help="more training text, read after the file: a file, folder, quoted glob or .jsonl; "
+                           "repeatable")
+    data.add_argument("--val-file", metavar="PATH",
+                      help="validate on this text (file, folder, glob, .jsonl) instead of the corpus's last "
+                           "--val-fraction")
+    add_corpus_arguments(data)
     opt = parser.add_argument_group("optimization")
     opt.add_argument("--batch-size", type=int, help="windows per micro-batch (preset default)")
     opt.add_argument("--lr", type=float, help="peak learning rate (preset default)")
@@ -73,6 +85,11 @@ def add_training_arguments(parser, default_save):
     evaluation.add_argument("--save", metavar="PATH",
                             help=f"checkpoint to write (default: {default_save})")
     evaluation.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and CI)")
+
+
+def training_inputs(args, default=None) -> list:
+    """The training corpus the flags name: the file (or default), then each --input."""
+    return [args.file or default, *(args.input or [])]
 
 
 def training_options(args, context) -> dict:

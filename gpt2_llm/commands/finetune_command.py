@@ -10,11 +10,10 @@ adapter file, which `predict --adapter` applies and `merge` folds into a whole c
 every weight and writes a whole checkpoint, as `train` does. Either way this is the Trainer of `train`:
 the same flags, bf16, evaluation in bits per byte, progress, atomic saves, Ctrl-C and exact resume.
 """
-from pathlib import Path
 
 from gpt2_llm.commands.common import (DEFAULT_VOCAB, add_base_arguments, add_training_arguments, check_can_save,
                                       load_adapted_base, load_base, report_result, run_in_process_group,
-                                      training_options)
+                                      training_inputs, training_options)
 from gpt2_llm.errors import UserError
 
 DEFAULT_ADAPTER = "adapter.safetensors"
@@ -30,7 +29,8 @@ MAX_DEFAULT_CONTEXT = 1024
 
 
 def add_arguments(name, parser):
-    parser.add_argument("file", help="UTF-8 text to fine-tune on (its last --val-fraction is held out)")
+    parser.add_argument("file", help="UTF-8 text to fine-tune on (its last --val-fraction is held out): a file, "
+                                     "a folder, a quoted glob or a .jsonl file")
     parser.add_argument("vocab", nargs="?", default=None,
                         help="the base checkpoint's vocab file (default: vocab.txt; with --pretrained the "
                              "directory's own vocab.json + merges.txt)")
@@ -67,7 +67,7 @@ def finetune(args, context):
         trainer, base_flags = resumed_trainer(args, lora_flags, options)
     else:
         trainer, base_flags = new_trainer(args, lora_flags, options)
-    result = trainer.train(Path(args.file), args.epochs, save_path, args.max_steps, args.max_time)
+    result = trainer.train(training_inputs(args), args.epochs, save_path, args.max_steps, args.max_time, args.val_file)
     vocab = args.vocab or args.pretrained or DEFAULT_VOCAB
     resume = f"python main.py finetune {args.file} {vocab} {save_path} {base_flags}".strip()
     return report_result(result, save_path, context is None or context.is_main_process, resume)

@@ -1,22 +1,34 @@
 """`tokenize`, `encode` and `decode`: the tokenizer from the command line (no torch needed)."""
 import json
-import time
 
-from bpe import BPE, parse_ids_json, read_text_file
+from bpe import parse_ids_json
+from gpt2_llm.corpus import add_corpus_arguments, parse_size
 from gpt2_llm.errors import UserError
-from gpt2_llm.vocab import DEFAULT_VOCAB, load_vocab
+from gpt2_llm.vocab import DEFAULT_VOCAB, learn_vocab, load_vocab
 
 VOCAB_HELP = f"vocab file, or a directory with GPT-2's vocab.json + merges.txt (default: {DEFAULT_VOCAB})"
 
 
 def add_arguments(name, parser):
     if name == "tokenize":
-        parser.add_argument("file", help="UTF-8 text file to learn the vocabulary from")
+        parser.add_argument("files", nargs="+", metavar="file",
+                            help="the text to learn the vocabulary from: UTF-8 text files, folders (read "
+                                 "recursively), quoted globs, or JSON-lines files (.jsonl); any size, streamed")
         parser.add_argument("--vocab-size", type=int, default=None,
                             help="number of tokens incl. the 256 bytes and <|endoftext|> "
                                  "(default: recommended from the text)")
         parser.add_argument("--output", "-o", default=DEFAULT_VOCAB,
                             help=f"vocab file to write (default: {DEFAULT_VOCAB})")
+        parser.add_argument("--sample-bytes", type=parse_size, metavar="N",
+                            help="learn from about N bytes spread evenly over the corpus, e.g. 200M (K, M, G: "
+                                 "powers of 1024), instead of all of it")
+        add_corpus_arguments(parser)
+    elif name == "prepare":
+        parser.add_argument("files", nargs="+", metavar="file",
+                            help="the corpus, as train takes it: files, folders, quoted globs, .jsonl files")
+        parser.add_argument("--vocab", default=DEFAULT_VOCAB, help=VOCAB_HELP)
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_corpus_arguments(parser)
     elif name == "encode":
         parser.add_argument("text", help="text to encode")
         parser.add_argument("vocab", nargs="?", default=DEFAULT_VOCAB, help=VOCAB_HELP)
@@ -26,14 +38,6 @@ def add_arguments(name, parser):
         parser.add_argument("ids", metavar="json_ids", help='JSON list of token ids, e.g. "[15496, 995]"')
         parser.add_argument("vocab", nargs="?", default=DEFAULT_VOCAB, help=VOCAB_HELP)
         parser.add_argument("--pieces", action="store_true", help="print each token's text as a JSON list")
-
-
-def save_vocab(bpe):
-    """bpe.save(), with a failed write (no such folder, disk full) as a UserError; the old file stays as it was."""
-    try:
-        bpe.save()
-    except OSError as e:
-        raise UserError(f"cannot write vocab {bpe.vocab_path}: {e.strerror or e}; nothing was changed") from None
 
 
 def check_utf8_argument(text, what):
@@ -55,18 +59,14 @@ def printable(text):
 
 def run(args):
     if args.command == "tokenize":
-        text = read_text_file(args.file)
-        bpe = BPE(args.output)
-        vocab_size = args.vocab_size or bpe.get_recommended_vocab_size(text)
-        if vocab_size < 257:
-            raise UserError(f"--vocab-size must be at least 257 (256 bytes + <|endoftext|>), got {vocab_size}")
-        bpe.set_vocab_size(vocab_size)
-        start = time.perf_counter()
-        bpe.create_vocab(text)
-        save_vocab(bpe)
-        print(f"Learned {bpe.vocab_size} tokens from {len(text.encode('utf-8')):,} bytes "
-              f"in {time.perf_counter() - start:.1f}s; saved {args.output} "
-              f"(model vocab size {bpe.get_model_vocab_size()})")
+        learn_vocab(args.files, args.output, args.vocab_size, args.sample_bytes, args.text_field, args.skip_bad_files)
+    elif args.command == "prepare":
+        from gpt2_llm.token_cache import cache_folder, load_tokens
+
+        bpe = load_vocab(args.vocab)
+        tokens = load_tokens(args.files, bpe, args.text_field, bool(args.skip_bad_files), progress=not args.no_progress)
+        print(f"{len(tokens):,} tokens cached in {cache_folder(args.files, bpe, args.text_field)} "
+              f"({len(tokens.arrays)} shards); `train` with the same inputs and vocab reads them from there")
     elif args.command == "encode":
         check_utf8_argument(args.text, "the text to encode")
         bpe = load_vocab(args.vocab)

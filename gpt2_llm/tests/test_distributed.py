@@ -107,3 +107,22 @@ def test_lora_fine_tuning_in_two_processes_matches_one(corpus, single, strategy)
     assert adapters.keys() == expected.keys() and all(".lora_" in key for key in adapters)
     assert "adapter" in metadata
     assert_same_weights(one, two)
+
+
+def test_two_processes_train_from_a_folder_and_resume_in_one(corpus, tmp_path):
+    """A folder corpus under torchrun: rank 0 learns the vocab and builds the token cache while the other
+    waits, both train from the same shards exactly like one process, and the checkpoint resumes in one."""
+    text = corpus.read_text(encoding="utf-8")
+    books = tmp_path / "books"
+    for i in range(3):
+        (books / f"part{i}").mkdir(parents=True)
+        (books / f"part{i}" / "text.txt").write_text(text[i * 20_000 : (i + 1) * 20_000], encoding="utf-8")
+    two, one = tmp_path / "two.pt", tmp_path / "one.pt"
+    out = train(books, *STEPS, "--batch-size", "4", "--vocab-size", "300", "--save", two, processes=2)
+    assert out.count("Creating vocab") == 1 and out.count("Encoding 3 files") == 1
+    caches = list(tmp_path.glob("books.*.tokens"))
+    assert len(caches) == 1 and len(list(caches[0].glob("*.bin"))) == 3
+    train(books, *STEPS, "--batch-size", "8", "--save", one)
+    assert_same_weights(one, two)
+    resumed = train(books, two, *RESUME, "--batch-size", "8")
+    assert "Done at step 5" in resumed and "Encoding" not in resumed

@@ -1,0 +1,72 @@
+"""vocab.py's learn_vocab: a vocabulary learned from a streamed corpus equals the in-memory trainer's."""
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from bpe import BPE, count_chunks
+from gpt2_llm.errors import UserError
+from gpt2_llm.tests.conftest import MAIN, REPO
+from gpt2_llm.vocab import learn_vocab
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Pieces of ~20 KB and blocks of ~2 KB: many pieces, counted in worker processes."""
+    monkeypatch.setattr("gpt2_llm.corpus.PIECE_BYTES", 20_000)
+    monkeypatch.setattr("gpt2_llm.corpus.BLOCK_BYTES", 2000)
+
+
+def in_memory(texts, vocab_size, path):
+    bpe = BPE(str(path))
+    bpe.set_vocab_size(vocab_size)
+    if len(texts) == 1:
+        bpe.create_vocab(texts[0], verbose=False)
+    else:
+        counts = Counter()
+        for text in texts:
+            count_chunks(text, counts)
+        bpe.create_vocab_from_counts(counts, verbose=False)
+    return bpe
+
+
+def test_streamed_vocab_equals_the_in_memory_one(corpus, tmp_path, small_pieces):
+    streamed = learn_vocab([corpus], tmp_path / "streamed.txt", 400, log=lambda m: None, progress=False)
+    assert streamed.fingerprint() == in_memory([corpus.read_text(encoding="utf-8")], 400, tmp_path / "m").fingerprint()
+    assert BPE(str(tmp_path / "streamed.txt")).load(), "saved"
+
+
+def test_a_folder_of_documents_counts_each_document(corpus, tmp_path, small_pieces):
+    text = corpus.read_text(encoding="utf-8")
+    source = (REPO / "bpe.py").read_text(encoding="utf-8")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "docs" / "b.py").write_text(source, encoding="utf-8")
+    said = []
+    streamed = learn_vocab([tmp_path / "docs"], tmp_path / "v.txt", 500, log=said.append, progress=False)
+    assert streamed.fingerprint() == in_memory([text, source], 500, tmp_path / "m").fingerprint()
+    assert "from 2 files" in said[-1]
+
+
+def test_a_sample_says_so_and_is_smaller(corpus, tmp_path):
+    said = []
+    learn_vocab([corpus], tmp_path / "v.txt", 300, sample_bytes=20_000, log=said.append, progress=False)
+    assert "MB sample spread evenly over" in said[-1]
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(vocab_size=100), "at least 257"), (dict(sample_bytes=0), "positive"), (dict(vocab_size=100_000), "too small"),
+])
+def test_bad_settings(corpus, tmp_path, options, message):
+    with pytest.raises(UserError, match=message):
+        learn_vocab([corpus], tmp_path / "v.txt", log=lambda m: None, progress=False, **options)
+    assert not (tmp_path / "v.txt").exists()
+
+
+def test_tokenize_command_takes_several_inputs(corpus, tmp_path):
+    (tmp_path / "more.jsonl").write_text('{"text": "More text, in JSON lines."}\n', encoding="utf-8")
+    result = subprocess.run([sys.executable, MAIN, "tokenize", str(corpus), str(tmp_path / "more.jsonl"),
+                             "--vocab-size", "300", "-o", str(tmp_path / "v.txt")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Learned 300 tokens from 2 files")
