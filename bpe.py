@@ -629,6 +629,10 @@ class BPE:
         ids = self._encode(text, self._allowed_specials(allowed_special), _kernels_for(len(text)))
         return ids.tolist() if isinstance(ids, np.ndarray) else ids
 
+    def encode_array(self, text, dtype=np.uint32, allowed_special=()):
+        """encode's ids as a numpy array of dtype, with no list of Python ints in between (for big texts)."""
+        return np.asarray(self._encode(text, self._allowed_specials(allowed_special), _kernels_for(len(text))), dtype)
+
     def _encode(self, text, specials, kernels):
         """encode's ids: a list from the Python path (kernels None), or an int32 array from the compiled one. The
         text between allowed specials is encoded apart."""

@@ -397,6 +397,13 @@ def test_compiled_equals_tiktoken_on_big_text(gpt2, tik, corpus, source_text):
     assert gpt2.encode(text) == _compiled(gpt2, text) == tik.encode_ordinary(text)
 
 
+def test_encode_array_equals_encode(gpt2, corpus):
+    text = corpus[:50_000] + "<|endoftext|>é"
+    array = gpt2.encode_array(text, np.uint16)
+    assert array.dtype == np.uint16 and array.tolist() == gpt2.encode(text)
+    assert gpt2.encode_array(text, allowed_special="all").tolist() == gpt2.encode(text, allowed_special="all")
+
+
 def test_short_texts_do_not_import_numba():
     # The CLI's encode of a line must not pay numba's import; once the texts encoded add up to what loading the
     # compiled path costs (here lowered to 100k characters), the next text takes it, where there is one.

@@ -165,7 +165,7 @@ def encode_piece(piece, bpe, text_field="text", dtype=np.uint32) -> np.ndarray:
         if starts_document and not first_document:
             parts.append(eot)
         first_document = False
-        parts.append(np.asarray(bpe.encode_ordinary(text), dtype=dtype))
+        parts.append(bpe.encode_array(text, dtype))
     return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
