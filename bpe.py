@@ -316,13 +316,13 @@ def _apply_merge(words, counts, chunk_indices, pair, new_id, pair_counts, where)
                     pair_counts[word[i - 1], a] -= count
                     pair_counts[left, new_id] += count
                     new_pairs.add((left, new_id))
-                    where[left, new_id].add(index)
+                    where[left, new_id].append(index)
                 if i + 2 <= last and not (word[i + 2] == a and i + 3 <= last and word[i + 3] == b):
                     right = word[i + 2]  # (skipped when the next merge is adjacent: that one counts it as its left)
                     pair_counts[b, right] -= count
                     pair_counts[new_id, right] += count
                     new_pairs.add((new_id, right))
-                    where[new_id, right].add(index)
+                    where[new_id, right].append(index)
                 merged.append(new_id)
                 i += 2
             else:
@@ -345,12 +345,12 @@ def train_merges(chunk_counts, num_merges, verbose=True):
         if len(data) > 1:
             words.append(list(data))
             counts.append(count)
-    pair_counts, where = defaultdict(int), defaultdict(set)
+    pair_counts, where = defaultdict(int), defaultdict(list)
     for index, word in enumerate(words):
         count = counts[index]
         for pair in zip(word, word[1:]):
             pair_counts[pair] += count
-            where[pair].add(index)
+            where[pair].append(index)
     heap = [(-count, pair) for pair, count in pair_counts.items()]
     heapq.heapify(heap)
     heappush, heappop = heapq.heappush, heapq.heappop
@@ -367,7 +367,8 @@ def train_merges(chunk_counts, num_merges, verbose=True):
                 continue
             new_id = 256 + len(merges)
             merges.append(pair)
-            new_pairs = _apply_merge(words, counts, where.pop(pair), pair, new_id, pair_counts, where)
+            chunks = dict.fromkeys(where.pop(pair))  # each chunk once, in the order it was listed
+            new_pairs = _apply_merge(words, counts, chunks, pair, new_id, pair_counts, where)
             del pair_counts[pair]
             for new_pair in new_pairs:
                 heappush(heap, (-pair_counts[new_pair], new_pair))

@@ -282,9 +282,9 @@ def prepare_rows(corpus_path, vocab_dir, pieces):
     continuing = re.search(r"continuing: (\d+) of (\d+) shards", resumed["output"])
     resumed_tokens, resumed_shards = manifest_of(corpus_path)
     equal = resumed_tokens == tokens and resumed_shards == shards
-    resumed["note"] = (f"killed at {killed['seconds']:.1f} s with {done} shards on disk; "
-                       f"{'continued from ' + continuing[1] + ' of ' + continuing[2] if continuing else 'NOT continued'}"
-                       f"; {resumed_tokens:,} tokens, manifest {'equal' if equal else 'DIFFERENT'}")
+    resumed_from = f"continued from {continuing[1]} of {continuing[2]}" if continuing else "NOT continued"
+    resumed["note"] = (f"killed at {killed['seconds']:.1f} s with {done} shards on disk; {resumed_from}; "
+                       f"{resumed_tokens:,} tokens, manifest {'equal' if equal else 'DIFFERENT'}")
     resumed["equal"] = equal and killed["killed"] and continuing is not None
     remove_token_caches(corpus_path)
     return cold, resumed
