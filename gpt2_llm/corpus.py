@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import sys
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,15 +54,25 @@ class Source:
 
 
 @dataclass(frozen=True)
-class Piece:
+class Segment:
     source: Source
     start: int  # byte offsets in the file: [start, end)
     end: int
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A worker's unit of work (one shard of the token cache): part of a big file, or several small files."""
+    segments: tuple  # of Segment, in corpus order
     first_of_corpus: bool  # the corpus's first piece: its first document gets no EOT before it
 
     @property
     def size(self) -> int:
-        return self.end - self.start
+        return sum(segment.end - segment.start for segment in self.segments)
+
+    @property
+    def sources(self) -> list[Source]:
+        return [segment.source for segment in self.segments]
 
 
 # --- the flags every command that reads a corpus shares ---------------------------------------
@@ -209,21 +220,49 @@ def check_sources(sources, text_field="text", skip_bad_files=False, checked=(), 
 
 
 def plan_pieces(sources, piece_bytes=None) -> list[Piece]:
-    """Cut each file into pieces of about piece_bytes (default PIECE_BYTES): a text file at safe newlines
-    (SAFE_TEXT_CUT), a JSON-lines file at line ends. The plan depends only on the files' bytes and
-    piece_bytes, so it is the same each run."""
+    """Cut the corpus into pieces of about piece_bytes (default PIECE_BYTES): a big file into several, at
+    safe newlines (SAFE_TEXT_CUT) or, for JSON lines, at line ends; small files grouped into one.
+
+    A group of small files also ends after any file whose path hashes to 0 mod 64, so the groups are
+    stable: a file that grows or is added changes its own group, not every group after it (the pieces
+    name the shards that an interrupted or repeated build reuses).
+    """
     piece_bytes = piece_bytes or PIECE_BYTES
-    pieces = []
+    pieces, group = [], []
+
+    def close(segments):
+        if segments:
+            pieces.append(Piece(tuple(segments), first_of_corpus=not pieces))
+        return []
+
     for source in sources:
-        cut = LINE_END if source.is_jsonl else SAFE_TEXT_CUT
-        keep_newline = 1 if source.is_jsonl else 0  # a JSON line keeps its newline; text cuts before one
-        with open(source.path, "rb") as f:
-            start = 0
-            while start < source.size:
-                end = _find_cut(f, start + piece_bytes, source.size, cut, keep_newline)
-                pieces.append(Piece(source, start, end, first_of_corpus=not pieces))
-                start = end
+        if source.size >= piece_bytes:
+            group = close(group)
+            for start, end in _cuts(source, piece_bytes):
+                close([Segment(source, start, end)])
+            continue
+        if source.size:
+            group.append(Segment(source, 0, source.size))
+        if sum(s.end for s in group) >= piece_bytes or _ends_a_group(source.path):
+            group = close(group)
+    close(group)
     return pieces
+
+
+def _ends_a_group(path) -> bool:
+    return zlib.crc32(os.path.basename(path).encode("utf-8", "surrogateescape")) % 64 == 0
+
+
+def _cuts(source, piece_bytes):
+    """(start, end) byte ranges of about piece_bytes that cover one big file, cut where cutting changes nothing."""
+    cut = LINE_END if source.is_jsonl else SAFE_TEXT_CUT
+    keep_newline = 1 if source.is_jsonl else 0  # a JSON line keeps its newline; text cuts before one
+    with open(source.path, "rb") as f:
+        start = 0
+        while start < source.size:
+            end = _find_cut(f, start + piece_bytes, source.size, cut, keep_newline)
+            yield start, end
+            start = end
 
 
 def _find_cut(f, target, size, cut, keep_newline, window=1 << 16) -> int:
@@ -240,28 +279,32 @@ def _find_cut(f, target, size, cut, keep_newline, window=1 << 16) -> int:
 
 
 def read_piece(piece: Piece, text_field="text", block_bytes=None):
-    """Yield (starts_document, text) for a piece: a text file's bytes in blocks of about block_bytes
-    (default BLOCK_BYTES), cut at safe newlines so the blocks encode as the whole does; a JSON-lines file
-    one document a line."""
-    block_bytes = block_bytes or BLOCK_BYTES
-    with open(piece.source.path, "rb") as f:
-        f.seek(piece.start)
-        if piece.source.is_jsonl:
+    """Yield (starts_document, text) for a piece, segment by segment: a text file's bytes in blocks of about
+    block_bytes (default BLOCK_BYTES), cut at safe newlines so the blocks encode as the whole does; a
+    JSON-lines file one document a line."""
+    for segment in piece.segments:
+        yield from read_segment(segment, text_field, block_bytes or BLOCK_BYTES)
+
+
+def read_segment(segment: Segment, text_field, block_bytes):
+    with open(segment.source.path, "rb") as f:
+        f.seek(segment.start)
+        if segment.source.is_jsonl:
             consumed = 0
             for line in f:
                 consumed += len(line)
                 if line.strip():
                     yield True, json.loads(line)[text_field]
-                if piece.start + consumed >= piece.end:
+                if segment.start + consumed >= segment.end:
                     return
             return
-        position, carry = piece.start, b""  # position: the next byte to read; carry: read, not yet yielded
-        while position < piece.end:
+        position, carry = segment.start, b""  # position: the next byte to read; carry: read, not yet yielded
+        while position < segment.end:
             block_start = position - len(carry)
-            data = carry + f.read(min(block_bytes, piece.end - position))
+            data = carry + f.read(min(block_bytes, segment.end - position))
             position = block_start + len(data)
             carry = b""
-            if position < piece.end:  # keep the text after the last safe cut for the next block
+            if position < segment.end:  # keep the text after the last safe cut for the next block
                 cut = _last_cut(data)  # 0 when there is none: then all of it waits for more text
                 data, carry = data[:cut], data[cut:]
             if data:
@@ -285,29 +328,43 @@ def _last_cut(data: bytes) -> int:
 def sample_pieces(pieces, sample_bytes, block_bytes=1 << 20) -> list[Piece]:
     """About sample_bytes of the corpus, in blocks spread evenly over all of it (each cut like a piece), so a
     vocab learned from the sample sees every part of a corpus too big to count whole."""
-    total = sum(p.size for p in pieces)
+    segments = [segment for piece in pieces for segment in piece.segments]
+    total = sum(s.end - s.start for s in segments)
     if sample_bytes >= total:
         return pieces
     block_bytes = max(1 << 12, min(block_bytes, sample_bytes // 256))  # from 256 places, unless tiny
     count = max(1, sample_bytes // block_bytes)
     stride = total / count
-    sampled, piece_iter = [], iter(pieces)
-    piece, piece_start = next(piece_iter), 0
+    sampled, segment_iter = [], iter(segments)
+    segment, segment_start = next(segment_iter), 0  # segment_start: its offset in the whole corpus
     for i in range(count):
         offset = int(i * stride)
-        while offset >= piece_start + piece.size:
-            piece_start += piece.size
-            piece = next(piece_iter)
-        source = piece.source
+        while offset >= segment_start + segment.end - segment.start:
+            segment_start += segment.end - segment.start
+            segment = next(segment_iter)
+        source = segment.source
         cut = LINE_END if source.is_jsonl else SAFE_TEXT_CUT
         keep = 1 if source.is_jsonl else 0
         with open(source.path, "rb") as f:
-            start = piece.start if offset == piece_start else _find_cut(f, piece.start + offset - piece_start,
-                                                                        piece.end, cut, keep)
-            end = min(piece.end, _find_cut(f, start + block_bytes, piece.end, cut, keep))
+            start = segment.start if offset == segment_start else \
+                _find_cut(f, segment.start + offset - segment_start, segment.end, cut, keep)
+            end = min(segment.end, _find_cut(f, start + block_bytes, segment.end, cut, keep))
         if start < end:
-            sampled.append(Piece(source, start, end, first_of_corpus=False))
-    return sampled
+            sampled.append(Piece((Segment(source, start, end),), first_of_corpus=False))
+    return _grouped(sampled, block_bytes * 16)
+
+
+def _grouped(pieces, piece_bytes) -> list[Piece]:
+    """Consecutive pieces joined into pieces of about piece_bytes: fewer, bigger jobs for the workers."""
+    groups, group = [], []
+    for piece in pieces:
+        group += piece.segments
+        if sum(s.end - s.start for s in group) >= piece_bytes:
+            groups.append(Piece(tuple(group), first_of_corpus=False))
+            group = []
+    if group:
+        groups.append(Piece(tuple(group), first_of_corpus=False))
+    return groups
 
 
 # --- running a function over pieces on all cores -------------------------------------------------

@@ -75,7 +75,7 @@ def load_tokens(inputs, bpe, text_field="text", skip_bad_files=False, log=print,
     hashes = {s.path: recorded.get(_key(s)) or file_sha256(s.path) for s in sources}
     pieces = corpus.plan_pieces(sources)
     dtype = token_dtype(bpe.vocab_size)
-    names = [shard_name(p, hashes[p.source.path], bpe, text_field) for p in pieces]
+    names = [shard_name(p, hashes, bpe, text_field) for p in pieces]
     build_missing_shards(folder, pieces, names, bpe, text_field, dtype, sources, log, progress)
     shards = [np.memmap(folder / name, dtype=dtype, mode="r") if (folder / name).stat().st_size else
               np.zeros(0, dtype) for name in names]
@@ -86,7 +86,8 @@ def load_tokens(inputs, bpe, text_field="text", skip_bad_files=False, log=print,
         "text_field": text_field,
         "sources": [{"path": s.path, "size": s.size, "mtime_ns": s.mtime_ns, "sha256": hashes[s.path]}
                     for s in sources],
-        "shards": [{"file": name, "source": p.source.path, "start": p.start, "end": p.end, "tokens": len(shard)}
+        "shards": [{"file": name, "tokens": len(shard),
+                    "segments": [[seg.source.path, seg.start, seg.end] for seg in p.segments]}
                    for name, p, shard in zip(names, pieces, shards)],
         "tokens": int(sum(len(shard) for shard in shards)),
     }
@@ -101,9 +102,10 @@ def _key(source):
 
 
 def shard_name(piece, source_sha256, bpe, text_field) -> str:
-    """A name that changes whenever the shard's content would: `3f2a...c1.bin`."""
-    what = [source_sha256, piece.start, piece.end, piece.first_of_corpus, piece.source.is_jsonl and text_field,
-            bpe.fingerprint(), FORMAT_VERSION]
+    """A name that changes whenever the shard's content would: `3f2a...c1.bin`. source_sha256: path -> sha256."""
+    what = [[source_sha256[seg.source.path], seg.start, seg.end, seg.source.is_jsonl and text_field]
+            for seg in piece.segments]
+    what += [piece.first_of_corpus, bpe.fingerprint(), FORMAT_VERSION]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:24] + ".bin"
 
 

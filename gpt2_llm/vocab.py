@@ -7,11 +7,17 @@ import os
 import time
 from collections import Counter
 
+import numpy as np
+
 from bpe import BPE, count_chunks, recommended_vocab_size
 from gpt2_llm import corpus
 from gpt2_llm.errors import UserError
 
 DEFAULT_VOCAB = "vocab.txt"
+# learn_vocab keeps the counts of at most this many distinct chunks (~250 bytes each while counting and
+# training): past it, the rarest are dropped. Merges come from frequent pairs, so a chunk seen a handful
+# of times in a corpus this varied barely moves them; a corpus with fewer distinct chunks loses nothing.
+MAX_DISTINCT_CHUNKS = 2_000_000
 GPT2_FILES = ("vocab.json", "merges.txt")  # OpenAI's encoder.json and vocab.bpe under Hugging Face's names
 
 
@@ -53,9 +59,16 @@ def learn_vocab(inputs, vocab_path, vocab_size=None, sample_bytes=None, text_fie
     else:
         what = corpus.describe(sources) if len(sources) > 1 else f"{total:,} bytes"
     start = time.perf_counter()
-    counts = Counter()
+    counts, dropped = Counter(), 0
     for piece_counts in corpus.map_pieces(count_piece, pieces, text_field, desc="Counting", progress=progress):
         counts.update(piece_counts)
+        if len(counts) > MAX_DISTINCT_CHUNKS:
+            before = len(counts)
+            counts = most_frequent(counts, MAX_DISTINCT_CHUNKS // 2)
+            dropped += before - len(counts)
+    if dropped:
+        log(f"Kept the counts of the {len(counts):,} most frequent distinct chunks; {dropped:,} counts of rare ones "
+            "were dropped to bound memory")
     bpe = BPE(os.fspath(vocab_path))
     if vocab_size is not None:
         bpe.set_vocab_size(vocab_size)
@@ -64,6 +77,14 @@ def learn_vocab(inputs, vocab_path, vocab_size=None, sample_bytes=None, text_fie
     log(f"Learned {bpe.vocab_size} tokens from {what} in {time.perf_counter() - start:.1f}s; saved {vocab_path} "
         f"(model vocab size {bpe.get_model_vocab_size()})")
     return bpe
+
+
+def most_frequent(counts, keep) -> Counter:
+    """At most `keep` of the most frequent entries of counts (len(counts) > keep): those counted more often than
+    the (keep + 1)-th most frequent, so ties at that count all go. most_frequent({"a": 3, "b": 1, "c": 1}, 2) -> {"a": 3}"""
+    values = np.fromiter(counts.values(), np.int64, len(counts))
+    threshold = np.partition(values, len(values) - keep - 1)[len(values) - keep - 1]
+    return Counter({chunk: count for chunk, count in counts.items() if count > threshold})
 
 
 def count_piece(piece, text_field) -> Counter:

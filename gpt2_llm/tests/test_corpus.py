@@ -101,7 +101,7 @@ def test_json_lines_are_one_document_each(tmp_path):
     path = write(tmp_path / "d.jsonl", "".join(json.dumps({"text": d, "id": i}) + "\n" * (1 + i % 2)
                                               for i, d in enumerate(docs)))
     pieces = plan_pieces(sources_of(path), piece_bytes=200)
-    assert len(pieces) > 3 and pieces[-1].end == path.stat().st_size
+    assert len(pieces) > 3 and pieces[-1].segments[-1].end == path.stat().st_size
     assert [text for piece in pieces for _, text in read_piece(piece)] == docs
 
 
@@ -112,7 +112,7 @@ def test_a_sample_is_spread_over_the_whole_corpus(tmp_path):
     sample = sample_pieces(pieces, 200_000)
     size = sum(p.size for p in sample)
     assert 150_000 < size <= 220_000
-    assert {os.path.basename(p.source.path) for p in sample} == {f"{i}.txt" for i in range(8)}
+    assert {os.path.basename(source.path) for p in sample for source in p.sources} == {f"{i}.txt" for i in range(8)}
     assert sample_pieces(pieces, 10 << 20) == pieces  # more than the corpus: all of it
 
 

@@ -88,7 +88,8 @@ def test_one_file_encodes_exactly_as_before(corpus, bpe):
 def test_a_changed_file_is_encoded_again_and_only_it(folder, bpe, small_pieces, monkeypatch):
     load(bpe, [folder])
     cache = cache_folder([folder], bpe)
-    old_a = {s["file"] for s in json.loads((cache / MANIFEST).read_text())["shards"] if s["source"].endswith("a.txt")}
+    old_a = {s["file"] for s in json.loads((cache / MANIFEST).read_text())["shards"]
+             if s["segments"][0][0].endswith("a.txt")}
     before = set(os.listdir(cache))
     text = (folder / "a.txt").read_text(encoding="utf-8") + "\nA new line at the end.\n"
     write(folder / "a.txt", text)
@@ -98,11 +99,33 @@ def test_a_changed_file_is_encoded_again_and_only_it(folder, bpe, small_pieces, 
     monkeypatch.setattr("gpt2_llm.corpus.usable_cores", lambda: 1)  # in this process, so `encoded` sees the calls
     tokens, said = load(bpe, [folder])
     assert f"{folder / 'a.txt'} changed since its tokens were cached: encoding it again" in said
-    assert {os.path.basename(p.source.path) for p in encoded} == {"a.txt"}
+    assert {os.path.basename(source.path) for p in encoded for source in p.sources} == {"a.txt"}
     assert tokens[:].tolist() == encoded_at_once(bpe, documents(folder))
     shards = {s["file"] for s in json.loads((cache / MANIFEST).read_text())["shards"]}
     assert set(os.listdir(cache)) == shards | {MANIFEST}, "nothing else is left"
     assert before - {MANIFEST} - shards == old_a, "exactly the old shards of a.txt are gone"
+
+
+def test_small_files_share_shards_and_a_grown_file_changes_only_its_own(tmp_path, bpe):
+    """A folder of many small files: grouped into a few shards (not one per file), and the groups are stable, so
+    a file that grows re-encodes its group alone."""
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+    for i in range(300):
+        write(tmp_path / "many" / f"doc{i:03d}.txt", " ".join(words[(i + j) % 8] for j in range(i % 40 + 5)))
+    many = tmp_path / "many"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("gpt2_llm.corpus.PIECE_BYTES", 20_000)
+        tokens, _ = load(bpe, [many])
+        docs = [(many / f"doc{i:03d}.txt").read_text() for i in range(300)]
+        assert tokens[:].tolist() == encoded_at_once(bpe, docs)
+        shards = json.loads((cache_folder([many], bpe) / MANIFEST).read_text())["shards"]
+        assert 3 <= len(shards) <= 60
+        with open(many / "doc150.txt", "a") as f:
+            f.write(" omega" * 30)
+        docs[150] = (many / "doc150.txt").read_text()
+        tokens, said = load(bpe, [many])
+        assert tokens[:].tolist() == encoded_at_once(bpe, docs)
+    assert f"continuing: {len(shards) - 1} of {len(shards)} shards" in said
 
 
 def test_another_vocab_gets_its_own_cache(corpus, bpe, tmp_path):

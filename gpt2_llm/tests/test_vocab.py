@@ -70,3 +70,20 @@ def test_tokenize_command_takes_several_inputs(corpus, tmp_path):
                              "--vocab-size", "300", "-o", str(tmp_path / "v.txt")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Learned 300 tokens from 2 files")
+
+
+def test_past_the_cap_the_rarest_chunks_are_dropped(corpus, tmp_path, small_pieces, monkeypatch):
+    monkeypatch.setattr("gpt2_llm.vocab.MAX_DISTINCT_CHUNKS", 2000)
+    said = []
+    capped = learn_vocab([corpus], tmp_path / "v.txt", 300, log=said.append, progress=False)
+    assert any("most frequent distinct chunks" in line for line in said)
+    full = in_memory([corpus.read_text(encoding="utf-8")], 300, tmp_path / "m")
+    shared = set(capped.token_bytes().values()) & set(full.token_bytes().values())
+    assert len(shared) > 0.9 * 300, "the frequent merges are the same"
+
+
+def test_most_frequent():
+    from gpt2_llm.vocab import most_frequent
+
+    assert most_frequent(Counter({"a": 3, "b": 1, "c": 1}), 2) == {"a": 3}
+    assert most_frequent(Counter({"a": 3, "b": 2, "c": 1}), 2) == {"a": 3, "b": 2}
