@@ -77,6 +77,12 @@ def files(tmp_path_factory):
     write("binary", b"\xff\xfe\x00\x01 not utf-8 \xc3\x28" * 10)
     paths["dir"] = tmp / "dir"
     paths["dir"].mkdir()
+    paths["bad_folder"] = tmp / "bad_folder"  # a corpus folder with a binary file in it
+    (tmp / "bad_folder").mkdir()
+    (tmp / "bad_folder" / "good.txt").write_text(TEXT, encoding="utf-8")
+    (tmp / "bad_folder" / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    paths["bad_jsonl"] = tmp / "bad.jsonl"
+    paths["bad_jsonl"].write_text('{"text": "fine"}\n{"title": "no text field"}\n', encoding="utf-8")
     write("ckpt_truncated", good_ckpt[: len(good_ckpt) // 2])
     write("ckpt_header_only", good_ckpt[:8])
     write("ckpt_random", os.urandom(4096))
@@ -131,6 +137,10 @@ CASES = [
     ("tokenize {text} -o {tmp}/new_vocab --vocab-size 1000000", 2, "too small"),
     ("tokenize {text} -o {tmp}/no_such_dir/new_vocab --vocab-size 300", 2, "no_such_dir"),
     ("tokenize {text} -o {dir} --vocab-size 300", 2, "directory"),
+    ("tokenize {bad_folder} -o {tmp}/new_vocab --vocab-size 300", 2, "image.png is not utf-8 text"),
+    ("tokenize {bad_jsonl} -o {tmp}/new_vocab --vocab-size 300", 2, 'line 2: has no "text" field'),
+    ("prepare {bad_folder} --vocab {vocab}", 2, "image.png is not utf-8 text"),
+    (TRAIN.replace("{text}", "{bad_folder}"), 2, "image.png is not utf-8 text"),
     *[(f"encode hello {{{f}}}", 2, word) for f, word in VOCAB_CASES],
     ("encode a\udcffb {vocab}", 2, "utf-8"),  # the byte 0xff, which is no UTF-8, as Python passes it on
     *[(f"decode [1,2] {{{f}}}", 2, word) for f, word in VOCAB_CASES],
