@@ -15,7 +15,7 @@ them through letter substitution ciphers, so its words are new words and not rep
   prepare   `python main.py prepare CORPUS --vocab GPT2 --no-progress`: the token cache under GPT-2's vocab
             (OpenAI's encoder.json + vocab.bpe, copied as vocab.json + merges.txt into a temp folder).
   resume    prepare again, killed with SIGKILL (its whole process group: parent and pool workers, as the OOM
-            killer or a power cut would) once about half its shards are written, then run once more: the time
+            killer or a power cut would) at half the cold run's time, then run once more: the time
             to finish, and the manifest's token count and shard list must equal the uninterrupted build's.
 Every token cache and vocab a run makes is deleted before the next run, so each is cold (the corpus files may be
 in the page cache: reading them is not what is measured).
@@ -265,7 +265,7 @@ def manifest_of(corpus_path):
     return manifest["tokens"], [(s["file"], s["tokens"]) for s in manifest["shards"]]
 
 
-def prepare_rows(corpus_path, vocab_dir, pieces):
+def prepare_rows(corpus_path, vocab_dir):
     """Cold prepare, then the kill-and-resume pair; returns (cold, resumed, note on equality)."""
     remove_token_caches(corpus_path)
     cold = prepare(corpus_path, vocab_dir)
@@ -273,10 +273,8 @@ def prepare_rows(corpus_path, vocab_dir, pieces):
     cold["note"] = f"{tokens:,} tokens, {len(shards)} shards"
     remove_token_caches(corpus_path)
 
-    def half_written():
-        return any(len(glob.glob(os.path.join(f, "*.bin"))) >= pieces // 2 for f in token_caches(corpus_path))
-
-    killed = prepare(corpus_path, vocab_dir, kill_when=half_written)
+    started = time.perf_counter()
+    killed = prepare(corpus_path, vocab_dir, kill_when=lambda: time.perf_counter() - started > cold["seconds"] / 2)
     done = sum(len(glob.glob(os.path.join(f, "*.bin"))) for f in token_caches(corpus_path))
     resumed = prepare(corpus_path, vocab_dir)
     continuing = re.search(r"continuing: (\d+) of (\d+) shards", resumed["output"])
@@ -312,6 +310,7 @@ def main():
     parser.add_argument("--skip-hf-2g", action="store_true", help="no HF training on corpora over 1 GB")
     parser.add_argument("--no-sample-row", action="store_true", help="no tokenize --sample-bytes 200M row")
     parser.add_argument("--single-file", action="store_true", help="the corpora as one big file each, not folders")
+    parser.add_argument("--steps", default="tokenize,prepare", help="what to run (default tokenize,prepare)")
     parser.add_argument("--hf-trial", metavar="CORPUS", help=argparse.SUPPRESS)  # in a fresh child process
     args = parser.parse_args()
     if args.hf_trial:
@@ -320,7 +319,7 @@ def main():
 
     sys.path.insert(0, ROOT)
     from bench.corpus import describe
-    from gpt2_llm.corpus import find_sources, parse_size, plan_pieces
+    from gpt2_llm.corpus import parse_size
 
     sizes = sorted(args.sizes.split(","), key=parse_size)
     print(f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; vocab {VOCAB_SIZE}; "
@@ -332,13 +331,12 @@ def main():
             path = build_corpus(size, args.single_file)
             info = describe(path)
             megabytes = info["size"] / MB
-            pieces = len(plan_pieces(find_sources(path)))
-            print(f"\ncorpus {size}: {path}, {megabytes:,.1f} MB in {info['files']} file(s) ({pieces} pieces), "
+            print(f"\ncorpus {size}: {path}, {megabytes:,.1f} MB in {info['files']} file(s), "
                   f"from {info['source_files']} source files, {info['passes']} pass(es) "
                   f"({info['ciphered_passes']} ciphered)", flush=True)
             print(HEADER, flush=True)
             big = parse_size(size) > 1 << 30
-            pairs = args.repeats if i == 0 else 1
+            pairs = (args.repeats if i == 0 else 1) if "tokenize" in args.steps else 0
             ours_runs, hf_runs = [], []
             for _ in range(pairs):
                 remove_token_caches(path)
@@ -348,13 +346,15 @@ def main():
                     hf_runs.append(train_hf(path))
                     print(row(size, "HF train", hf_runs[-1], megabytes), flush=True)
                     print(row(size, "tokenize / HF (pair)", ours_runs[-1], megabytes, hf_runs[-1]), flush=True)
-            ours = min(ours_runs, key=lambda r: r["seconds"])
+            ours = min(ours_runs, key=lambda r: r["seconds"]) if ours_runs else None
             hf = min(hf_runs, key=lambda r: r["seconds"]) if hf_runs else None
-            if big and not args.no_sample_row:
+            if big and ours_runs and not args.no_sample_row:
                 print(row(size, "tokenize --sample 200M", tokenize_ours(path, work, "200M"), megabytes), flush=True)
-            cold, resumed = prepare_rows(path, vocab_dir, pieces)
-            print(row(size, "prepare GPT-2, cold", cold, megabytes), flush=True)
-            print(row(size, "prepare after kill -9", resumed, megabytes), flush=True)
+            cold = resumed = None
+            if "prepare" in args.steps:
+                cold, resumed = prepare_rows(path, vocab_dir)
+                print(row(size, "prepare GPT-2, cold", cold, megabytes), flush=True)
+                print(row(size, "prepare after kill -9", resumed, megabytes), flush=True)
             results[size] = {"tokenize": ours, "hf": hf, "prepare": cold, "resumed": resumed, "mb": megabytes}
 
     print("\ntargets")
@@ -372,11 +372,11 @@ def main():
                 s["hf"]["seconds"], 1.0)
         verdict(f"tokenize tree peak / HF peak, {small}", s["tokenize"]["tree_mb"] / s["hf"]["tree_mb"], 2.0)
     for size, r in results.items():
-        if not r["resumed"]["equal"]:
+        if r["resumed"] and not r["resumed"]["equal"]:
             print(f"  prepare, {size}: the kill -9 run did not resume to the same cache  MISSED")
             missed.append(f"prepare resume {size}")
     if parse_size(large) >= 1 << 30 and large != small:
-        for step in ("tokenize", "prepare"):
+        for step in [step for step in ("tokenize", "prepare") if results[large][step]]:
             verdict(f"{step} tree peak, {large}", results[large][step]["tree_mb"], 1000, " MB")
             verdict(f"{step} tree peak {large} / {small}", results[large][step]["tree_mb"] /
                     results[small][step]["tree_mb"], 1.2)
