@@ -1,4 +1,4 @@
-"""gpt2-llm command line: tokenize, encode, decode, prepare, train, predict, finetune, merge, plot, check.
+"""gpt2-llm command line: tokenize, encode, decode, prepare, train, predict, evaluate, finetune, merge, plot, check.
 
     python main.py tokenize <file>...              # learn a BPE vocabulary -> vocab.txt
     python main.py prepare <file>... [--vocab V]   # encode a corpus once into its token cache
@@ -6,6 +6,7 @@
     python main.py decode <json_ids> [vocab]       # ids -> text
     python main.py train [file] [vocab] [checkpoint]
     python main.py predict <prompt> <num_tokens> [model] [vocab]
+    python main.py evaluate <model> [vocab] <text>...   # bits per byte, nats per token, perplexity
     python main.py finetune <file> [vocab] --base CHECKPOINT | --pretrained DIR
     python main.py merge <adapter> [vocab]
     python main.py check <checkpoint> <vocab>      # do they belong together? (exit 0 yes, 1 no)
@@ -26,6 +27,7 @@ COMMANDS = {
     "prepare": ("tokenizer_commands", "encode a corpus into its token cache (what train reads), on all cores"),
     "train": ("train_command", "train a GPT-2 model (or resume from a checkpoint)"),
     "predict": ("predict_command", "generate text from a prompt"),
+    "evaluate": ("evaluate_command", "score models on texts: bits per byte, nats per token, perplexity"),
     "finetune": ("finetune_command", "fine-tune a trained model on new text: LoRA adapters, or --full"),
     "merge": ("merge_command", "fold a LoRA adapter into a whole checkpoint"),
     "plot": ("plot_command", "plot the loss curves of a training metrics log"),

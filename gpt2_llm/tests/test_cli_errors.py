@@ -102,6 +102,8 @@ def files(tmp_path_factory):
     write("vocab_truncated", "\n".join(lines[: len(lines) // 2]))
     write("vocab_cut_mid_line", paths["vocab"].read_bytes()[:-7])
 
+    write("one_token", "a")  # a text of one token: nothing before it to predict it from
+
     write("log_not_json", '{"step": 1, "loss": 2.0}\nthis is not json\n')
     write("log_no_step", '{"loss": 2.0}\n')
     write("log_blank", "\n\n")
@@ -198,6 +200,24 @@ CASES = [
         ("missing", "not found"), ("inside_file", "not found"), ("empty", "no records"), ("dir", "not found"),
         ("binary", "log"), ("log_not_json", "not json"), ("log_no_step", "step"), ("log_blank", "no records"),
     ]],
+    *[(f"evaluate {{{f}}} {{vocab}} {{text}}", 2, word) for f, word in CHECKPOINT_CASES
+      if f not in ("missing", "inside_file")],
+    ("evaluate {missing} {vocab} {text}", 2, "not found"),
+    ("evaluate {ckpt} {other_vocab} {text}", 2, "different vocabulary"),
+    ("evaluate {ckpt} {vocab} {empty}", 2, "empty"),
+    ("evaluate {ckpt} {vocab} {missing}", 2, "no such file"),
+    ("evaluate {ckpt} {vocab} {one_token}", 2, "too short"),
+    ("evaluate {ckpt} {vocab}", 2, "text"),
+    ("evaluate {ckpt} {vocab} {text} --context 8 --stride 9", 2, "stride"),
+    ("evaluate {ckpt} {vocab} {text} --stride 0", 2, "stride"),
+    ("evaluate {ckpt} {vocab} {text} --stride 17", 2, "stride"),
+    ("evaluate {ckpt} {vocab} {text} --context 17", 2, "context"),
+    ("evaluate {ckpt} {vocab} {text} --context 1", 2, "context"),
+    ("evaluate {ckpt} {vocab} {text} --batch-size 0", 2, "batch-size"),
+    ("evaluate {ckpt} {vocab} {text} --dtype fp64", 2, "dtype"),
+    ("evaluate {ckpt} {vocab} {text} --model {missing}", 2, "not found"),
+    ("evaluate {ckpt} {vocab} {text} --model {ckpt_other_vocab}", 2, "different vocabulary"),
+    ("evaluate {text} --pretrained {dir} --model {ckpt}", 2, "pretrained"),
     *[(f"check {{{f}}} {{vocab}}", 2, word) for f, word in CHECKPOINT_CASES],
     *[(f"check {{ckpt}} {{{f}}}", 2, word) for f, word in VOCAB_CASES],
     ("check {ckpt_other_vocab} {vocab}", 1, "different vocabulary"),
