@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import pickle
 import subprocess
 import sys
 from collections import Counter
@@ -28,6 +29,8 @@ from bpe import (
     _split,
     _split_mostly_ascii,
     _utf8_with_regions,
+    compiled_chunk_counts,
+    count_chunks,
     load_kernels,
     merge_by_rank,
     merge_by_rank_fast,
@@ -36,10 +39,12 @@ from bpe import (
     split_for_workers,
     split_plain,
     train_merges,
+    train_merges_compiled,
 )
 from gpt2_llm.errors import UserError
 
 KERNELS = load_kernels()  # the compiled path (numba); None where numba is missing, and its tests skip
+TRAINING_KERNELS = bpe_module.load_training_kernels()  # the compiled training, None likewise
 needs_kernels = pytest.mark.skipif(KERNELS is None, reason="numba is not installed: no compiled path to compare")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -415,12 +420,15 @@ def test_short_texts_do_not_import_numba():
     subprocess.run([sys.executable, "-c", code], cwd=HERE, check=True)
 
 
-def test_without_numba_encode_runs_in_python(corpus):
-    code = (
-        "import sys; sys.modules['numba'] = None  # as if not installed\n"
-        "import bpe; bpe._COMPILED_PAYS_CHARS = 0; b = bpe.BPE(); text = open('data/shakespeare.txt').read(300_000)\n"
-        "assert b.encode(text) == b.encode_ordinary_plain(text) and bpe.load_kernels() is None"
-    )
+@pytest.mark.parametrize("check", [
+    "bpe._COMPILED_PAYS_CHARS = 0; b = bpe.BPE(); text = open('data/shakespeare.txt').read(300_000)\n"
+    "assert b.encode(text) == b.encode_ordinary_plain(text) and bpe.load_kernels() is None",
+    "bpe._COMPILED_TRAINING_MIN_CHUNKS = 0; b = bpe.BPE(); b.set_vocab_size(300)\n"
+    "b.create_vocab(open('data/shakespeare.txt').read(20_000), verbose=False); assert b.vocab_size == 300\n"
+    "assert bpe.load_training_kernels() is None and bpe.compiled_chunk_counts() is None",
+], ids=["encode", "training"])
+def test_without_numba_runs_in_python(check):
+    code = "import sys; sys.modules['numba'] = None  # as if not installed\nimport bpe; " + check
     subprocess.run([sys.executable, "-c", code], cwd=HERE, check=True)
 
 
@@ -477,6 +485,140 @@ def test_incremental_training_equals_naive_recount(chunk_counts, num_merges):
 def test_incremental_training_equals_naive_on_corpus(corpus):
     counts = Counter(_PATTERN.findall(corpus[:5000]))
     assert train_merges(counts, 60, verbose=False) == naive_train(counts, 60)
+
+
+# The compiled trainer (gpt2_llm/bpe_training_kernels.py) must learn train_merges' merges exactly: same pairs, same
+# order, same tie-breaks, and the same shortfall when the pairs run out.
+
+def compiled_train(chunk_counts, num_merges):
+    return train_merges_compiled(chunk_counts, num_merges, TRAINING_KERNELS)
+
+
+@needs_kernels
+def test_compiled_training_hand_examples():
+    assert compiled_train({"aaab": 1}, 2) == [(97, 97), (97, 98)]
+    assert compiled_train({"ab": 3, "ba": 2}, 5) == [(97, 98), (98, 97)]  # runs out of pairs: fewer merges
+    assert compiled_train({"a": 4, "b": 1}, 3) == []  # no pairs at all
+    assert compiled_train({"abab": 1, "xyxyxy": 2}, 10) == train_merges({"abab": 1, "xyxyxy": 2}, 10, verbose=False)
+
+
+@needs_kernels
+@pytest.mark.parametrize("text, num_merges", [
+    ("shakespeare", 2000),  # mostly English words
+    ("source", 2000),  # Python source, with some non-ASCII
+    ("non-ASCII", 3000),  # more merges than the text has pairs for
+    ("shakespeare", 100_000),  # runs out of pairs
+])
+def test_compiled_training_equals_python_on_real_text(corpus, source_text, text, num_merges):
+    texts = {
+        "shakespeare": corpus[:1_000_000],
+        "source": source_text,
+        "non-ASCII": "".join(NASTY) * 3 + "Ελληνικά κείμενα, кириллица и 中文字符 😀 \ud800 " + corpus[:20_000],
+    }
+    counts = Counter(_PATTERN.findall(texts[text]))
+    expected = train_merges(counts, num_merges, verbose=False)
+    assert compiled_train(counts, num_merges) == expected
+    assert (len(expected) < num_merges) == (num_merges == 100_000 or text == "non-ASCII")
+
+
+@needs_kernels
+@settings(max_examples=500, deadline=None)
+@given(
+    chunk_counts=st.dictionaries(
+        st.text(alphabet="aab c\né\ud800中", min_size=1, max_size=16),  # few letters: many ties; a lone surrogate
+        st.one_of(st.integers(1, 5), st.integers(1, 2**40)), max_size=40,
+    ),
+    num_merges=st.integers(1, 80),
+)
+def test_compiled_training_equals_python_on_any_counts(chunk_counts, num_merges):
+    assert compiled_train(chunk_counts, num_merges) == train_merges(chunk_counts, num_merges, verbose=False)
+
+
+@needs_kernels
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=400), num_merges=st.integers(1, 200))
+def test_compiled_training_equals_python_on_any_text(text, num_merges):
+    counts = Counter(_split(text))
+    assert compiled_train(counts, num_merges) == train_merges(counts, num_merges, verbose=False)
+
+
+@needs_kernels
+@pytest.mark.parametrize("vocab_size", [300, 1024, 4000])
+def test_create_vocab_compiled_equals_python(corpus, source_text, monkeypatch, vocab_size):
+    fingerprints = []
+    for min_chunks in (1 << 62, 0):  # all in Python, then all compiled
+        monkeypatch.setattr(bpe_module, "_COMPILED_TRAINING_MIN_CHUNKS", min_chunks)
+        bpe = BPE()
+        bpe.set_vocab_size(vocab_size)
+        bpe.create_vocab(corpus[:200_000] + source_text[:100_000], verbose=False)
+        fingerprints.append(bpe.fingerprint())
+    assert fingerprints[0] == fingerprints[1]
+
+
+@needs_kernels
+def test_create_vocab_compiled_runs_out_of_pairs_like_python(monkeypatch):
+    monkeypatch.setattr(bpe_module, "_COMPILED_TRAINING_MIN_CHUNKS", 0)
+    bpe = BPE()
+    bpe.set_vocab_size(400)
+    with pytest.raises(UserError, match="only has material for 259 tokens"):
+        bpe.create_vocab("ab ab", verbose=False)
+
+
+def compiled_counts(*texts):
+    counts = compiled_chunk_counts()
+    for text in texts:
+        counts.add_text(text)
+    return counts
+
+
+@needs_kernels
+def test_compiled_counting_equals_count_chunks_on_real_text(corpus, source_text):
+    long_chunks = ["x" * 10_000, " " * 9000 + "y", "é" * 5000]  # longer than the table's first block of bytes
+    texts = [corpus, source_text, *NASTY, *long_chunks, "lone surrogates \ud800 \udfff x\udc80y"]
+    expected = Counter()
+    for text in texts:
+        count_chunks(text, expected)
+    assert compiled_counts(*texts).to_dict() == expected
+
+
+@needs_kernels
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.text(max_size=300), max_size=4))
+def test_compiled_counting_equals_count_chunks_on_any_text(texts):
+    expected = Counter()
+    for text in texts:
+        count_chunks(text, expected)
+    assert compiled_counts(*texts).to_dict() == expected
+
+
+@needs_kernels
+def test_chunk_counts_add_up_select_and_train_like_a_counter(corpus):
+    first, second = corpus[:50_000], corpus[40_000:120_000]
+    counts = compiled_counts(first)
+    counts.update(pickle.loads(pickle.dumps(compiled_counts(second))))  # as a worker process sends them
+    expected = count_chunks(second, count_chunks(first))
+    assert counts.to_dict() == expected and len(counts) == len(expected)
+    assert sorted(counts.values()) == sorted(expected.values())
+    assert counts.select(counts.values() > 2).to_dict() == {chunk: n for chunk, n in expected.items() if n > 2}
+    assert counts.train_merges(700) == train_merges(expected, 700, verbose=False)
+    from_counter, from_chunk_counts = BPE(), BPE()
+    for bpe, chunk_counts in ((from_counter, expected), (from_chunk_counts, counts)):
+        bpe.set_vocab_size(900)
+        bpe.create_vocab_from_counts(chunk_counts, verbose=False)
+    assert from_chunk_counts.fingerprint() == from_counter.fingerprint()
+
+
+def test_training_picks_the_compiled_trainer_only_when_it_pays():
+    assert bpe_module._training_kernels_for(100) is None  # a short training stays in Python: no numba import
+    assert bpe_module._training_kernels_for(1 << 20) is TRAINING_KERNELS  # None where numba is missing
+
+
+def test_training_kernels_import_only_numpy_numba_and_the_encoding_kernels():
+    code = (
+        "import sys, gpt2_llm.bpe_training_kernels\n"
+        "assert 'torch' not in sys.modules and 'bpe' not in sys.modules and 'gpt2_llm.vocab' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=HERE, check=True)
 
 
 def test_trained_sizes(trained):

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from bpe import BPE, count_chunks
+from bpe import BPE, compiled_chunk_counts, count_chunks
 from gpt2_llm.errors import UserError
 from gpt2_llm.tests.conftest import MAIN, REPO
 from gpt2_llm.vocab import learn_vocab
@@ -16,6 +16,21 @@ def small_pieces(monkeypatch):
     """Pieces of ~20 KB and blocks of ~2 KB: many pieces, counted in worker processes."""
     monkeypatch.setattr("gpt2_llm.corpus.PIECE_BYTES", 20_000)
     monkeypatch.setattr("gpt2_llm.corpus.BLOCK_BYTES", 2000)
+
+
+@pytest.fixture(params=["python", "compiled"])
+def counting(request, monkeypatch):
+    """learn_vocab counting in Python (Counters), or compiled (bpe.ChunkCounts) even on a small corpus."""
+    if request.param == "compiled":
+        if compiled_chunk_counts() is None:
+            pytest.skip("numba is not installed: no compiled counting")
+        monkeypatch.setattr("gpt2_llm.vocab.COMPILED_COUNTING_MIN_BYTES", 0)
+        monkeypatch.setattr("gpt2_llm.vocab.count_chunks", counted_in_python)  # the workers are forked: they see it
+    return request.param
+
+
+def counted_in_python(text, counts):
+    raise AssertionError("counted in Python, not compiled")
 
 
 def in_memory(texts, vocab_size, path):
@@ -31,13 +46,13 @@ def in_memory(texts, vocab_size, path):
     return bpe
 
 
-def test_streamed_vocab_equals_the_in_memory_one(corpus, tmp_path, small_pieces):
+def test_streamed_vocab_equals_the_in_memory_one(corpus, tmp_path, small_pieces, counting):
     streamed = learn_vocab([corpus], tmp_path / "streamed.txt", 400, log=lambda m: None, progress=False)
     assert streamed.fingerprint() == in_memory([corpus.read_text(encoding="utf-8")], 400, tmp_path / "m").fingerprint()
     assert BPE(str(tmp_path / "streamed.txt")).load(), "saved"
 
 
-def test_a_folder_of_documents_counts_each_document(corpus, tmp_path, small_pieces):
+def test_a_folder_of_documents_counts_each_document(corpus, tmp_path, small_pieces, counting):
     text = corpus.read_text(encoding="utf-8")
     source = (REPO / "bpe.py").read_text(encoding="utf-8")
     (tmp_path / "docs").mkdir()
@@ -72,7 +87,7 @@ def test_tokenize_command_takes_several_inputs(corpus, tmp_path):
     assert result.stdout.startswith("Learned 300 tokens from 2 files")
 
 
-def test_past_the_cap_the_rarest_chunks_are_dropped(corpus, tmp_path, small_pieces, monkeypatch):
+def test_past_the_cap_the_rarest_chunks_are_dropped(corpus, tmp_path, small_pieces, monkeypatch, counting):
     monkeypatch.setattr("gpt2_llm.vocab.MAX_DISTINCT_CHUNKS", 2000)
     said = []
     capped = learn_vocab([corpus], tmp_path / "v.txt", 300, log=said.append, progress=False)
@@ -82,8 +97,25 @@ def test_past_the_cap_the_rarest_chunks_are_dropped(corpus, tmp_path, small_piec
     assert len(shared) > 0.9 * 300, "the frequent merges are the same"
 
 
+def test_the_cap_drops_the_same_chunks_compiled_or_not(corpus, tmp_path, small_pieces, monkeypatch):
+    if compiled_chunk_counts() is None:
+        pytest.skip("numba is not installed: no compiled counting")
+    monkeypatch.setattr("gpt2_llm.vocab.MAX_DISTINCT_CHUNKS", 2000)
+    fingerprints = []
+    fingerprints.append(learn_vocab([corpus], tmp_path / "v.txt", 300, log=print, progress=False).fingerprint())
+    monkeypatch.setattr("gpt2_llm.vocab.COMPILED_COUNTING_MIN_BYTES", 0)  # now compiled
+    monkeypatch.setattr("gpt2_llm.vocab.count_chunks", counted_in_python)
+    fingerprints.append(learn_vocab([corpus], tmp_path / "v.txt", 300, log=print, progress=False).fingerprint())
+    assert fingerprints[0] == fingerprints[1]
+
+
 def test_most_frequent():
     from gpt2_llm.vocab import most_frequent
 
     assert most_frequent(Counter({"a": 3, "b": 1, "c": 1}), 2) == {"a": 3}
     assert most_frequent(Counter({"a": 3, "b": 2, "c": 1}), 2) == {"a": 3, "b": 2}
+    counts = compiled_chunk_counts()
+    if counts is not None:
+        counts.add_text("a a a b b c")  # {"a": 1, " a": 2, " b": 2, " c": 1}
+        assert most_frequent(counts, 2).to_dict() == {" a": 2, " b": 2}
+        assert most_frequent(counts, 1).to_dict() == {}
