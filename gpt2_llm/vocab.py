@@ -18,10 +18,12 @@ DEFAULT_VOCAB = "vocab.txt"
 # when counted and trained compiled; several times that in Python): past it, the rarest are dropped. Merges come from
 # frequent pairs, so a chunk seen a handful of times in a corpus this varied barely moves them; a corpus with fewer
 # distinct chunks loses nothing.
-MAX_DISTINCT_CHUNKS = 2_000_000
+MAX_DISTINCT_CHUNKS = 1_000_000
 # Corpora of at least this many bytes are counted by compiled code where numba is installed (bpe.ChunkCounts): ~5x
 # faster than Python's ~6 MB/s per core, once loading numba (~0.3 s) is paid.
 COMPILED_COUNTING_MIN_BYTES = 1 << 22
+# A worker's counts of one piece are its memory: 4 MB pieces keep them small (the parent merges them fast).
+COUNTING_PIECE_BYTES = 4 << 20
 GPT2_FILES = ("vocab.json", "merges.txt")  # OpenAI's encoder.json and vocab.bpe under Hugging Face's names
 
 
@@ -55,7 +57,7 @@ def learn_vocab(inputs, vocab_path, vocab_size=None, sample_bytes=None, text_fie
     if sample_bytes is not None and sample_bytes < 1:
         raise UserError(f"--sample-bytes must be positive, got {sample_bytes}")
     sources = corpus.check_sources(corpus.find_sources(inputs), text_field, skip_bad_files, log=log)
-    pieces = corpus.plan_pieces(sources)
+    pieces = corpus.plan_pieces(sources, COUNTING_PIECE_BYTES)
     total = sum(p.size for p in pieces)
     if sample_bytes is not None and sample_bytes < total:
         pieces = corpus.sample_pieces(pieces, sample_bytes)
