@@ -12,11 +12,13 @@ what makes caching chunk -> ids and splitting big files across processes exact.
 
 The file reads top to bottom in three parts, split the way minbpe splits its tokenizer:
   1. the core: the pre-split, training, encoding and decoding, the vocab file, and the class BPE that ties them;
-     big texts are encoded by a compiled copy of the same encoding (gpt2_llm/bpe_kernels.py, numba) when installed;
+     big texts are encoded by a compiled copy of the same encoding (gpt2_llm/bpe_kernels.py, numba) when installed,
+     and big corpora counted and trained by compiled copies of count_chunks and train_merges
+     (gpt2_llm/bpe_training_kernels.py); the Python forms stay the reference the tests compare them with;
   2. OpenAI's GPT-2 files: BPE.from_gpt2 reads encoder.json and vocab.bpe into the same vocab;
   3. the parallel file encoder: BPE.encode_file cuts a big file where cutting changes nothing and uses every core.
 At the end: the project's user-error type and file helpers, which live here because this is the lowest layer (the
-gpt2_llm package imports the tokenizer, so the tokenizer imports nothing from it but, lazily, the leaf bpe_kernels).
+gpt2_llm package imports the tokenizer, so the tokenizer imports nothing from it but, lazily, the leaf kernel modules).
 
 This module must not import torch: the CLI's tokenizer commands should start fast.
 """

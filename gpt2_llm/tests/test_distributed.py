@@ -4,6 +4,7 @@ exactly like one process with the doubled batch, and its checkpoints resume in o
 Micro models (2 layers, width 32, context 32), fp32, dropout 0: the only differences left are the
 order of float additions in the gradient all-reduce.
 """
+import json
 import os
 import subprocess
 import sys
@@ -121,7 +122,9 @@ def test_two_processes_train_from_a_folder_and_resume_in_one(corpus, tmp_path):
     out = train(books, *STEPS, "--batch-size", "4", "--vocab-size", "300", "--save", two, processes=2)
     assert out.count("Creating vocab") == 1 and out.count("Encoding 3 files") == 1
     caches = list(tmp_path.glob("books.*.tokens"))
-    assert len(caches) == 1 and len(list(caches[0].glob("*.bin"))) == 3
+    manifest = json.loads((caches[0] / "manifest.json").read_text()) if len(caches) == 1 else {}
+    assert len({segment[0] for shard in manifest["shards"] for segment in shard["segments"]}) == 3
+    assert sorted(p.name for p in caches[0].glob("*.bin")) == sorted(s["file"] for s in manifest["shards"])
     train(books, *STEPS, "--batch-size", "8", "--save", one)
     assert_same_weights(one, two)
     resumed = train(books, two, *RESUME, "--batch-size", "8")
