@@ -2,7 +2,7 @@
 
     inputs  data.txt | a b c | corpus/ (recursively, sorted) | "books/*.txt" | docs.jsonl (--text-field)
        -> find_sources: the files, in order        -> check_sources: UTF-8 text? JSON lines with the field?
-       -> plan_pieces: byte ranges of ~16 MB, cut where cutting changes no token
+       -> plan_pieces: byte ranges of ~8 MB, cut where cutting changes no token
        -> read_piece: (starts_document, text) blocks of ~1 MB, for one worker process
 
 A text file is one document; each line of a JSON-lines file (.jsonl / .ndjson) is one, its text under
@@ -31,7 +31,7 @@ from bpe import usable_cores
 from gpt2_llm.errors import UserError
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
-PIECE_BYTES = 16 << 20  # a worker's unit of work: big enough to amortize its start, small enough to resume often
+PIECE_BYTES = 8 << 20  # a worker's unit of work: big enough to amortize its start, small enough to resume often
 BLOCK_BYTES = 1 << 20  # what a worker encodes at once: bounds its memory (~100 bytes per chunk of the pre-split)
 CACHE_SUFFIX = ".tokens"  # token-cache folders; never read as input when they sit inside a corpus folder
 
