@@ -14,6 +14,7 @@ piece by piece on all cores, and a piece is the unit that an interrupted cache b
 """
 import argparse
 import glob
+import hashlib
 import json
 import multiprocessing
 import os
@@ -140,27 +141,31 @@ def _files_under(folder):
         yield from (os.path.join(root, f) for f in files if not f.startswith("."))
 
 
-def check_source(source: Source, text_field: str) -> str | None:
+def check_source(source: Source, text_field: str, digest=None) -> str | None:
     """What is wrong with a file as a corpus file, in a few words naming the place, or None.
 
     Reads it once, in blocks: UTF-8 throughout, no NUL byte (a binary file), and for JSON lines
-    every non-blank line an object whose text_field is a string.
+    every non-blank line an object whose text_field is a string. The bytes read also go to digest
+    (a hashlib object) if one is given, so that a caller needing the file's hash reads it only once.
     """
+    update = digest.update if digest is not None else lambda data: None
     try:
         with open(source.path, "rb") as f:
             if source.is_jsonl:
                 for line_number, line in enumerate(f, 1):
+                    update(line)
                     if line.strip() and (problem := _json_line_problem(line, text_field)):
                         return f"line {line_number}: {problem}"
                 return None
-            return _text_problem(f)
+            return _text_problem(f, update)
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
 
 
-def _text_problem(f) -> str | None:
+def _text_problem(f, update) -> str | None:
     decoder, offset = _strict_utf8(), 0
     while block := f.read(BLOCK_BYTES * 16):
+        update(block)
         nul = block.find(b"\0")
         if nul >= 0:
             return f"is not UTF-8 text: it looks binary (a NUL byte at byte {offset + nul})"
@@ -196,13 +201,18 @@ def _json_line_problem(line: bytes, text_field: str) -> str | None:
     return None
 
 
-def check_sources(sources, text_field="text", skip_bad_files=False, checked=(), log=print) -> list[Source]:
+def check_sources(sources, text_field="text", skip_bad_files=False, checked=(), log=print,
+                  sha256=None) -> list[Source]:
     """The sources that are good corpus files; the first bad one is a UserError naming the file and the place,
     unless skip_bad_files, which drops the bad ones and says how many. Sources in `checked` (a set of
-    Sources, same path, size and mtime) were checked before and are not read again."""
+    Sources, same path, size and mtime) were checked before and are not read again. sha256: a dict that
+    gets path -> hex sha256 of each file read here (the others are in `checked`)."""
     good, skipped = [], []
     for source in sources:
-        problem = None if source in checked else check_source(source, text_field)
+        digest = None if source in checked or sha256 is None else hashlib.sha256()
+        problem = None if source in checked else check_source(source, text_field, digest)
+        if digest is not None:
+            sha256[source.path] = digest.hexdigest()
         if problem is None:
             good.append(source)
         elif skip_bad_files:
@@ -255,18 +265,18 @@ def _ends_a_group(path) -> bool:
 
 def _cuts(source, piece_bytes):
     """(start, end) byte ranges of about piece_bytes that cover one big file, cut where cutting changes nothing."""
-    cut = LINE_END if source.is_jsonl else SAFE_TEXT_CUT
-    keep_newline = 1 if source.is_jsonl else 0  # a JSON line keeps its newline; text cuts before one
     with open(source.path, "rb") as f:
         start = 0
         while start < source.size:
-            end = _find_cut(f, start + piece_bytes, source.size, cut, keep_newline)
+            end = _find_cut(f, start + piece_bytes, source.size, source.is_jsonl)
             yield start, end
             start = end
 
 
-def _find_cut(f, target, size, cut, keep_newline, window=1 << 16) -> int:
-    """The first cut at or after target (the file's end if there is none)."""
+def _find_cut(f, target, size, is_jsonl, window=1 << 16) -> int:
+    """The first cut at or after target (size if there is none): after a newline in JSON lines (a line keeps its
+    newline), before a safe newline in text (SAFE_TEXT_CUT)."""
+    cut, keep_newline = (LINE_END, 1) if is_jsonl else (SAFE_TEXT_CUT, 0)
     position = target
     while position < size:
         f.seek(position)
@@ -343,12 +353,10 @@ def sample_pieces(pieces, sample_bytes, block_bytes=1 << 20) -> list[Piece]:
             segment_start += segment.end - segment.start
             segment = next(segment_iter)
         source = segment.source
-        cut = LINE_END if source.is_jsonl else SAFE_TEXT_CUT
-        keep = 1 if source.is_jsonl else 0
         with open(source.path, "rb") as f:
             start = segment.start if offset == segment_start else \
-                _find_cut(f, segment.start + offset - segment_start, segment.end, cut, keep)
-            end = min(segment.end, _find_cut(f, start + block_bytes, segment.end, cut, keep))
+                _find_cut(f, segment.start + offset - segment_start, segment.end, source.is_jsonl)
+            end = min(segment.end, _find_cut(f, start + block_bytes, segment.end, source.is_jsonl))
         if start < end:
             sampled.append(Piece((Segment(source, start, end),), first_of_corpus=False))
     return _grouped(sampled, block_bytes * 16)

@@ -32,15 +32,6 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 1 << 16 else np.uint32
 
 
-def file_sha256(path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks so large corpora do not fill memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cache_folder(inputs, bpe, text_field="text") -> Path:
     """Where the cache of these inputs under this vocab lives: beside the first input
     (`data.txt.<key>.tokens/`), or in the user's cache folder when that is read-only.
@@ -71,8 +62,8 @@ def load_tokens(inputs, bpe, text_field="text", skip_bad_files=False, log=print,
         if source.path in known_paths and _key(source) not in recorded:
             log(f"{source.path} changed since its tokens were cached: encoding it again")
     checked = {s for s in sources if _key(s) in recorded}
-    sources = corpus.check_sources(sources, text_field, skip_bad_files, checked, log)
-    hashes = {s.path: recorded.get(_key(s)) or file_sha256(s.path) for s in sources}
+    hashes = {s.path: recorded[_key(s)] for s in checked}  # the files read before; check_sources hashes the rest
+    sources = corpus.check_sources(sources, text_field, skip_bad_files, checked, log, sha256=hashes)
     pieces = corpus.plan_pieces(sources)
     dtype = token_dtype(bpe.vocab_size)
     names = [shard_name(p, hashes, bpe, text_field) for p in pieces]

@@ -1,5 +1,6 @@
 """token_cache.py: a corpus encoded into shards equals the corpus encoded at once; interrupted builds resume;
 changed files are re-encoded, and only they; bad input changes no file."""
+import hashlib
 import json
 import os
 import signal
@@ -73,6 +74,7 @@ def test_sharded_cache_equals_encoding_the_whole_corpus_at_once(folder, bpe, sma
     assert "Encoding 3 files" in said
     manifest = json.loads((cache_folder([folder], bpe) / MANIFEST).read_text())
     assert len(manifest["shards"]) > 10 and manifest["dtype"] == "uint16" and manifest["tokens"] == len(tokens)
+    assert all(s["sha256"] == hashlib.sha256(open(s["path"], "rb").read()).hexdigest() for s in manifest["sources"])
     assert tokens[:].tolist() == encoded_at_once(bpe, documents(folder))
     again, said = load(bpe, [folder])
     assert said == "" and again[:].tolist() == tokens[:].tolist(), "the second load encodes nothing"
