@@ -6,6 +6,7 @@
     python main.py decode <json_ids> [vocab]       # ids -> text
     python main.py train [file] [vocab] [checkpoint]
     python main.py predict <prompt> <num_tokens> [model] [vocab]
+    python main.py serve [model] [vocab]           # OpenAI-compatible HTTP API + playground page
     python main.py evaluate <model> [vocab] <text>...   # bits per byte, nats per token, perplexity
     python main.py finetune <file> [vocab] --base CHECKPOINT | --pretrained DIR
     python main.py merge <adapter> [vocab]
@@ -27,6 +28,7 @@ COMMANDS = {
     "prepare": ("tokenizer_commands", "encode a corpus into its token cache (what train reads), on all cores"),
     "train": ("train_command", "train a GPT-2 model (or resume from a checkpoint)"),
     "predict": ("predict_command", "generate text from a prompt"),
+    "serve": ("serve_command", "serve a model over an OpenAI-compatible HTTP API, with a playground page"),
     "evaluate": ("evaluate_command", "score models on texts: bits per byte, nats per token, perplexity"),
     "finetune": ("finetune_command", "fine-tune a trained model on new text: LoRA adapters, or --full"),
     "merge": ("merge_command", "fold a LoRA adapter into a whole checkpoint"),

@@ -87,3 +87,91 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# --- `serve`: a live server over a small checkpoint (test_serve_*.py) -----------------------------------------
+import json  # noqa: E402  (this section's own imports, kept beside it)
+import os  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def serve_files(vocab, tmp_path_factory):
+    """(checkpoint, vocab) for `serve` tests: a wide-logits model (greedy choices far from ties, so a batch's float
+    rounding never flips one) with a context of 2048: room for streams that run for seconds."""
+    from bpe import BPE
+
+    bpe = BPE(str(vocab))
+    bpe.load()
+    path = tmp_path_factory.mktemp("serve") / "served.pt"
+    model = wide_logits_model(vocab_size=bpe.get_model_vocab_size(), embedding_dim=128, num_layers=4, max_seq_len=2048)
+    model.save(path, {"vocab": {"fingerprint": bpe.fingerprint(), "size": bpe.vocab_size}})
+    return path, vocab
+
+
+# Subprocesses running micro models: one thread each (see one_thread), so that on a busy 2-core machine they do not
+# wait on each other's descheduled OpenMP threads (a 128-wide layer then takes milliseconds instead of microseconds).
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """`python main.py serve ...` in a subprocess on a free port of 127.0.0.1; .url once it answers /health."""
+
+    def __init__(self, *args, env=ONE_THREAD_ENV):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a pipe nobody reads would block a chatty server
+        self.process = subprocess.Popen([sys.executable, MAIN, "serve", *map(str, args), "--port", str(self.port)],
+                                        stdout=self.log, stderr=subprocess.STDOUT, text=True, env=env)
+
+    def wait_ready(self, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"serve exited with {self.process.returncode}: {self.log.read()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"serve did not answer on {self.url} within {timeout} s")
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(self.url + "/health", timeout=5) as response:
+            return json.load(response)
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def live_servers(serve_files):
+    """Two servers over serve_files, started together: "main" (8 slots) and "tight" (1 slot, a queue of 1, an
+    API key: for the 401, 429 and disconnect tests)."""
+    pytest.importorskip("fastapi", reason="serve needs FastAPI and uvicorn: pip install -r requirements-serve.txt")
+    model, vocab = serve_files
+    servers = {"main": LiveServer(model, vocab, "--max-batch", 8, "--max-queue", 16),
+               "tight": LiveServer(model, vocab, "--max-batch", 1, "--max-queue", 1, "--api-key", "sesame")}
+    try:
+        yield {name: server.wait_ready() for name, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()

@@ -1,0 +1,140 @@
+"""`serve [model] [vocab]`: an OpenAI-compatible HTTP server with batched decoding and a playground page.
+
+    python main.py serve                                    # gpt2_model.pt + vocab.txt on http://127.0.0.1:8000
+    python main.py serve --pretrained gpt2/ --quantize int8 --max-batch 16
+    python main.py serve --host 0.0.0.0 --api-key "$KEY"    # reachable from other machines: require a key
+
+The server, its engine and its page live in gpt2_llm/serving/ (FastAPI + uvicorn, the optional
+dependencies of requirements-serve.txt). Flags are checked before anything is imported or loaded,
+so that a bad one is a one-line error (exit 2), not a traceback.
+"""
+import socket
+import sys
+import threading
+from pathlib import Path
+
+from gpt2_llm.commands.predict_command import DTYPE_NAMES, parse_number
+from gpt2_llm.errors import UserError
+
+MAX_BATCH = 256
+MAX_QUEUE = 100_000
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def add_arguments(name, parser):
+    parser.add_argument("model", nargs="?", default=None, help="checkpoint file (default: gpt2_model.pt)")
+    parser.add_argument("vocab", nargs="?", default=None,
+                        help="vocab file the model was trained with (default: vocab.txt)")
+    where = parser.add_argument_group("model, device and precision (as for predict)")
+    where.add_argument("--pretrained", metavar="DIR", default=None,
+                       help="a Hugging Face GPT-2 directory instead of a checkpoint and vocab")
+    where.add_argument("--adapter", metavar="FILE", default=None,
+                       help="a LoRA adapter file to merge into the model (default model: the base it was trained on)")
+    where.add_argument("--dtype", default=None, help="fp32 or bf16 weights (default: fp32; bf16 with --quantize)")
+    where.add_argument("--quantize", default=None, metavar="int8", help="int8: weight-only int8 Linear layers (CPU)")
+    where.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    server.add_argument("--port", default="8000", help="TCP port (default 8000)")
+    server.add_argument("--max-batch", default="8",
+                        help="sequences decoded together; more wait in the queue (default 8). Each slot holds keys "
+                             "and values for the whole context: 75 MB for GPT-2 small")
+    server.add_argument("--max-queue", default="64",
+                        help="sequences that may wait for a batch slot; past it requests get 429 (default 64)")
+    server.add_argument("--api-key", default=None, metavar="KEY",
+                        help="require 'Authorization: Bearer KEY' on /v1/ requests (the playground asks for it)")
+
+
+def run(args):
+    options = parse_options(args)
+    try:
+        import fastapi  # noqa: F401  (only to say what is missing before anything slow)
+        import uvicorn
+    except ImportError as missing:
+        raise UserError(f"serve needs FastAPI and uvicorn ({missing.name} is missing): "
+                        "pip install -r requirements-serve.txt") from None
+    from gpt2_llm.commands.common import load_model_and_vocab
+    from gpt2_llm.device import DTYPES, pick_device
+    from gpt2_llm.serving.api import create_app
+    from gpt2_llm.serving.batch_decoder import prepare_for_batches
+    from gpt2_llm.serving.engine import Engine
+
+    warning = exposure_warning(options["host"], args.api_key)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    device = pick_device(args.device)
+    listener = listen(options["host"], options["port"])  # a taken port fails before the slow model load
+    model, bpe = load_model_and_vocab(args.model, args.vocab, args.pretrained, args.adapter)
+    model = prepare_for_batches(model, device, DTYPES[options["dtype"]], args.quantize, options["max_batch"])
+    engine = Engine(model, bpe, options["max_batch"], options["max_queue"])
+    name = model_name(args)
+    app = create_app(engine, bpe, name, model.config.max_seq_len, args.api_key)
+    host = f"[{options['host']}]" if ":" in options["host"] else options["host"]
+    print(f"Serving {name} on http://{host}:{options['port']}/ (playground; API under /v1, e.g. /v1/completions). "
+          "Ctrl-C stops.", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+
+    def answer_http():
+        try:
+            server.run(sockets=[listener])
+        finally:  # the server stopped (or never started): so does the decoding
+            engine.close()
+
+    # HTTP in a thread of its own, decoding here, in the thread that loaded the model (engine.py says why).
+    http = threading.Thread(target=answer_http, name="http", daemon=True)
+    http.start()
+    try:
+        engine.run()
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    finally:
+        server.should_exit = True
+        http.join(timeout=10)
+    return 0
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """What to warn about before listening on host: other machines may reach it and no key is asked.
+
+    exposure_warning("0.0.0.0", None) -> "listening on 0.0.0.0 without --api-key: ..."; on 127.0.0.1 -> None
+    """
+    if host in LOOPBACK or api_key is not None:
+        return None
+    return (f"listening on {host} without --api-key: anyone who can reach this machine can use the model; "
+            "pass --api-key KEY (or --host 127.0.0.1)")
+
+
+def model_name(args) -> str:
+    """The id clients send as "model": the adapter's, checkpoint's or directory's name, without suffix."""
+    if args.adapter:
+        return Path(args.adapter).stem
+    if args.pretrained:
+        return Path(args.pretrained).resolve().name
+    return Path(args.model or "gpt2_model.pt").stem
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or UserError saying why not (taken, no such address)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as error:
+        raise UserError(f"cannot listen on {host}:{port}: {error.strerror or error}; pick another --port or --host")
+
+
+def parse_options(args) -> dict:
+    """Check every flag -> plain values, or raise UserError naming the flag (nothing imported yet)."""
+    if args.quantize not in (None, "int8"):
+        raise UserError(f"--quantize {args.quantize}: the one quantization is int8")
+    if args.dtype is not None and args.dtype not in DTYPE_NAMES:
+        raise UserError(f"--dtype {args.dtype}: use fp32 or bf16")
+    if args.api_key is not None and not args.api_key.strip():
+        raise UserError("--api-key needs a non-empty key")
+    return {
+        "host": args.host,
+        "port": parse_number(args.port, "--port", int, low=1, high=65535),
+        "max_batch": parse_number(args.max_batch, "--max-batch", int, low=1, high=MAX_BATCH),
+        "max_queue": parse_number(args.max_queue, "--max-queue", int, low=0, high=MAX_QUEUE),
+        "dtype": args.dtype or ("bf16" if args.quantize else "fp32"),
+    }

@@ -1,0 +1,10 @@
+"""`serve`: an OpenAI-compatible HTTP server over one model, decoding its requests in one batch.
+
+    batch_decoder.py  the model's forward over slots that each sit at their own position (per-row KV cache)
+    engine.py         continuous batching: the decode thread, admission, per-sequence sampling and stop rules
+    schemas.py        a request's JSON -> checked settings, or an error in OpenAI's shape
+    api.py            the FastAPI app: /v1/completions (+ streaming), /v1/models, /health, the playground
+    playground.html   the page at /: text as it streams, and each token's top alternatives
+
+FastAPI and uvicorn are optional (requirements-serve.txt): only api.py imports them.
+"""
