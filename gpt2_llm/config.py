@@ -97,6 +97,7 @@ class TrainingConfig:
     weight_decay: float = 0.1  # on matrices only
     betas: tuple = (0.9, 0.95)  # GPT-3's: a shorter memory for the second moment than Adam's 0.999
     grad_clip: float = 1.0
+    optimizer: str = "adamw"  # adamw, or muon: Muon for the decoder's matrices, AdamW for the rest (optim.py)
     seed: int = 1337
     val_fraction: float = 0.1  # the last 10% of the corpus is validation, never trained on (unless a val file)
     eval_interval: int = 250  # steps between evaluations (and checkpoints)
@@ -124,6 +125,11 @@ class TrainingConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise UserError(f"--optimizer must be adamw or muon, got {self.optimizer!r}")
+        if self.optimizer == "muon" and self.fsdp:
+            raise UserError("--optimizer muon orthogonalizes whole matrices, which --fsdp splits across processes; "
+                            "drop --fsdp (DDP works with muon) or use --optimizer adamw")
         if not self.learning_rate > 0:
             raise UserError(f"learning rate must be positive, got {self.learning_rate}")
         if self.warmup_steps is not None and self.warmup_steps < 0:

@@ -19,9 +19,9 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gpt2_llm.device import autocast
+from gpt2_llm.linear_cross_entropy import linear_cross_entropy
 from gpt2_llm.metrics import bits_per_byte
 
 
@@ -101,9 +101,9 @@ def evaluate_tokens(model, tokens, byte_lengths, context: int, stride: int, batc
             for row, (begin, end, first_target) in enumerate(batch):
                 targets = slice(first_target - begin, end - begin)
                 predictors = slice(targets.start - 1, targets.stop - 1)  # position t predicts token t + 1
-                with autocast(device, dtype):
-                    logits = model.lm_head(hidden[row, predictors])  # (n, C) -> (n, V): one window's logits at a time
-                total_nats += F.cross_entropy(logits.float(), ids[row, targets], reduction="sum")
+                with autocast(device, dtype):  # the head and the loss together, without the (n, V) logits
+                    total_nats += linear_cross_entropy(hidden[row, predictors], model.lm_head.weight,
+                                                       ids[row, targets], reduction="sum")
                 num_bytes += int(byte_lengths[windows[row, targets]].sum())
                 scored += end - first_target
             num_targets += scored

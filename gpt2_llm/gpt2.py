@@ -19,6 +19,7 @@ from gpt2_llm.decoder import GPT2Decoder
 from gpt2_llm.device import keep_freed_memory_on_cpu
 from gpt2_llm.errors import UserError
 from gpt2_llm.kv_cache import KVCache
+from gpt2_llm.linear_cross_entropy import linear_cross_entropy
 from gpt2_llm.lookup_nn import TokenEmbedding
 from gpt2_llm.generation import generate_tokens
 
@@ -141,19 +142,28 @@ class GPT2(nn.Module):
         x = self.decoder(x, cache)
         return self.ln_f(x)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """ids (B, T) -> logits (B, T, vocab_size). With a cache, idx continues the cached prefix."""
-        return self.lm_head(self.hidden_states(idx, cache))  # (B, T, C) -> (B, T, V)
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B, T) -> logits (B, T, vocab_size). With a cache, idx continues the cached prefix.
+
+        With targets (B, T) it returns the loss instead (see `loss`), as nanoGPT's forward does: a
+        wrapper that must see the whole step go through forward (DistributedDataParallel, FSDP) gets it.
+        """
+        hidden = self.hidden_states(idx, cache)  # (B, T, C)
+        if targets is not None:
+            return linear_cross_entropy(hidden, self.lm_head.weight, targets)
+        return self.lm_head(hidden)  # (B, T, C) -> (B, T, V)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy; targets (B, T) are already shifted (targets[:, t] = idx[:, t+1])
         and positions holding -100 are ignored.
 
-        One fused cross_entropy over the flattened logits (a view): no shift, no .contiguous().
-        Under bf16 autocast the logits stay bf16 and autocast runs cross_entropy in fp32; a bf16
-        softmax was no faster in a whole training step and would round the loss itself to bf16.
+        The readable form is `next_token_loss(self(idx), targets)`: the full (B, T, V) logits, then one
+        cross_entropy. This runs the head and the loss together, chunk by chunk, without ever holding
+        the logits or their gradient (linear_cross_entropy.py): the same loss and gradients, less memory,
+        less time. Under bf16 autocast the head's matmuls run in bf16 and the softmax in fp32.
         """
-        return next_token_loss(self(idx), targets)
+        return self(idx, targets=targets)
 
     @torch.no_grad()
     def generate(
@@ -221,8 +231,6 @@ class GPT2(nn.Module):
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits (B, T, V) against targets (B, T), ignoring -100 (see GPT2.loss).
-
-    Apart from the model so that a wrapper's forward (DistributedDataParallel's) can feed it.
-    """
+    """Mean cross-entropy of logits (B, T, V) against targets (B, T), ignoring -100: the readable form of
+    GPT2.loss, and the reference its fused head + loss is tested against."""
     return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)

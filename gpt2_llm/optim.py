@@ -1,6 +1,12 @@
-"""AdamW as GPT-2/3 trained it, the learning-rate schedule, and the optimizer state as named tensors.
+"""The optimizers (AdamW as GPT-2/3 trained it; Muon for the hidden matrices), the learning-rate schedule,
+and the optimizer state as named tensors.
 
     lr: linear warmup 0 -> max_lr, then a cosine from max_lr down to min_lr_ratio * max_lr.
+    adamw: every parameter by AdamW.
+    muon:  the 2-D matrices inside the decoder blocks (attention and MLP weights) by torch.optim.Muon,
+           which orthogonalizes each matrix's momentum (Newton-Schulz) so that every direction of the
+           update moves at the same rate; embeddings, the tied head, norms and biases by AdamW, as the
+           speedrun records (modded-nanogpt, nanochat) split them.
 """
 import math
 
@@ -27,6 +33,86 @@ def make_adamw(model: nn.Module, learning_rate: float, weight_decay: float = 0.1
     ]
     fused = device_type in ("cuda", "cpu", "mps")
     return torch.optim.AdamW(groups, lr=learning_rate, betas=tuple(betas), fused=fused)
+
+
+OPTIMIZERS = ("adamw", "muon")
+
+
+def make_optimizer(name: str, model: nn.Module, learning_rate: float, weight_decay: float = 0.1,
+                   betas=(0.9, 0.95), device_type: str = "cpu"):
+    """The optimizer --optimizer names: make_adamw(...), or Muon + AdamW as one (MuonWithAdamW)."""
+    if name == "adamw":
+        return make_adamw(model, learning_rate, weight_decay, betas, device_type)
+    if name != "muon":
+        raise UserError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
+    hidden_matrices = [p for name_, p in model.named_parameters()
+                       if p.requires_grad and p.dim() == 2 and name_.startswith("decoder.") and "lora_" not in name_]
+    if not hidden_matrices:
+        raise UserError("--optimizer muon trains the decoder's weight matrices, and none are trainable here "
+                        "(LoRA adapters train with adamw)")
+    muon_ids = {id(p) for p in hidden_matrices}
+    rest = _WithoutParameters(model, muon_ids)
+    # "match_rms_adamw" scales each matrix's orthogonal update to the RMS an AdamW update has (0.2 sqrt(max(A, B))),
+    # so that Muon takes AdamW's learning rate and weight decay as they are (Moonshot, "Muon is Scalable").
+    muon = torch.optim.Muon(hidden_matrices, lr=learning_rate, weight_decay=weight_decay,
+                            adjust_lr_fn="match_rms_adamw")
+    return MuonWithAdamW(muon, make_adamw(rest, learning_rate, weight_decay, betas, device_type))
+
+
+class _WithoutParameters:
+    """model.parameters() less some: what make_adamw reads to build its groups."""
+
+    def __init__(self, model: nn.Module, excluded_ids: set):
+        self.model, self.excluded_ids = model, excluded_ids
+
+    def parameters(self):
+        return (p for p in self.model.parameters() if id(p) not in self.excluded_ids)
+
+
+class MuonWithAdamW:
+    """Two optimizers that act as one: the Trainer, GradScaler and checkpoints see a single optimizer whose
+    param_groups are Muon's then AdamW's (the same group dicts: setting a group's lr sets it in its optimizer),
+    and whose state_dict numbers the parameters across both, as one optimizer would."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {p: s for optimizer in self.optimizers for p, s in optimizer.state.items()}
+
+    def step(self, closure=None):
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        state, groups, offset = {}, [], 0
+        for optimizer in self.optimizers:
+            own = optimizer.state_dict()
+            state.update({offset + index: per_param for index, per_param in own["state"].items()})
+            groups += [{**group, "params": [offset + i for i in group["params"]]} for group in own["param_groups"]]
+            offset += sum(len(group["params"]) for group in optimizer.param_groups)
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        groups, offset = iter(state_dict["param_groups"]), 0
+        for optimizer in self.optimizers:
+            own_groups = [next(groups) for _ in optimizer.param_groups]
+            count = sum(len(group["params"]) for group in own_groups)
+            optimizer.load_state_dict({
+                "state": {index - offset: per_param for index, per_param in state_dict["state"].items()
+                          if offset <= index < offset + count},
+                "param_groups": [{**group, "params": [i - offset for i in group["params"]]} for group in own_groups],
+            })
+            offset += count
 
 
 def learning_rate_at(step: int, max_lr: float, warmup_steps: int, total_steps: int,
@@ -82,7 +168,7 @@ def named_state_from_tensors(optimizer: torch.optim.Optimizer, model: nn.Module,
     groups_here = [[names[i] for i in g["params"]] for g in optimizer.state_dict()["param_groups"]]
     if [g["params"] for g in saved_groups] != groups_here:
         raise UserError("the checkpoint's optimizer state does not match this model's parameters; "
-                        "was it saved by a different model shape?")
+                        "was it saved by a different model shape, or with another --optimizer?")
     state = {}
     for key, value in tensors.items():
         name, state_key = key.removeprefix("optimizer/").rsplit("/", 1)

@@ -26,9 +26,9 @@ from gpt2_llm.data import TokenDataset, token_byte_lengths
 from gpt2_llm.token_cache import load_tokens
 from gpt2_llm.device import autocast, dtype_name, pick_device, pick_dtype
 from gpt2_llm.errors import UserError
-from gpt2_llm.gpt2 import GPT2, next_token_loss
+from gpt2_llm.gpt2 import GPT2
 from gpt2_llm.metrics import MetricsLog, bits_per_byte
-from gpt2_llm.optim import learning_rate_at, make_adamw
+from gpt2_llm.optim import learning_rate_at, make_optimizer
 from gpt2_llm.signals import GracefulStop
 from gpt2_llm.train_checkpoint import TrainingState
 from gpt2_llm.vocab import check_vocab, load_vocab
@@ -88,9 +88,10 @@ class Trainer:
             loss_fn = model.loss
         else:  # the loss must run through DDP's forward, which readies the gradient all-reduce
             self.train_model = distributed.wrap(model, self.device)
-            loss_fn = lambda x, y: next_token_loss(self.train_model(x), y)  # noqa: E731
+            loss_fn = lambda x, y: self.train_model(x, targets=y)  # noqa: E731
         self.loss_fn = torch.compile(loss_fn) if config.compile else loss_fn
-        self.optimizer = make_adamw(model, learning_rate, config.weight_decay, config.betas, self.device.type)
+        self.optimizer = make_optimizer(config.optimizer, model, learning_rate, config.weight_decay, config.betas,
+                                        self.device.type)
         # fp16 has too few exponent bits for small gradients: scale the loss up, unscale before clipping.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.byte_lengths = torch.from_numpy(token_byte_lengths(bpe, model.config.vocab_size))

@@ -20,6 +20,7 @@ TRAINING_FLAGS = {
     "grad_accum": "grad_accum",
     "warmup": "warmup_steps",
     "seed": "seed",
+    "optimizer": "optimizer",
     "val_fraction": "val_fraction",
     "eval_interval": "eval_interval",
     "eval_tokens": "eval_tokens",
@@ -64,6 +65,9 @@ def add_training_arguments(parser, default_save):
     opt.add_argument("--lr", type=float, help="peak learning rate (preset default)")
     opt.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
     opt.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay (preset default)")
+    opt.add_argument("--optimizer", choices=("adamw", "muon"),
+                     help="adamw (default), or muon: Muon for the decoder's weight matrices, AdamW for embeddings, "
+                          "head, norms and biases")
     opt.add_argument("--seed", type=int, help="seed for weights, batches and dropout (default 1337)")
     run = parser.add_argument_group("where and how")
     run.add_argument("--dtype", choices=("fp32", "bf16", "fp16"),

@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from gpt2_llm.gpt2 import GPT2
-from gpt2_llm.optim import learning_rate_at, load_optimizer_state, make_adamw, optimizer_state_tensors
+from gpt2_llm.errors import UserError
+from gpt2_llm.lora import LoRAConfig, add_lora
+from gpt2_llm.optim import (MuonWithAdamW, learning_rate_at, load_optimizer_state, make_adamw, make_optimizer,
+                            optimizer_state_tensors)
 
 
 @pytest.mark.parametrize(
@@ -66,3 +69,44 @@ def test_optimizer_state_round_trips_through_named_tensors():
     for p in model.parameters():
         assert all(torch.equal(optimizer.state[p][k], fresh.state[p][k]) for k in optimizer.state[p])
     assert math.isclose(float(fresh.state[model.wte.weight]["step"]), 1.0)
+
+
+def test_muon_takes_the_decoders_matrices_and_adamw_the_rest():
+    model = GPT2(vocab_size=50, embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8)
+    optimizer = make_optimizer("muon", model, 1e-3)
+    muon, adamw = optimizer.optimizers
+    assert isinstance(optimizer, MuonWithAdamW) and isinstance(muon, torch.optim.Muon)
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    muon_names = {name_of[id(p)] for g in muon.param_groups for p in g["params"]}
+    adamw_names = {name_of[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert muon_names == {n for n, p in model.named_parameters() if n.startswith("decoder.") and p.dim() == 2}
+    assert "wte.weight" in adamw_names and "wpe.weight" in adamw_names  # embeddings and the tied head
+    assert muon_names | adamw_names == set(name_of.values()) and not muon_names & adamw_names
+    assert len(optimizer.param_groups) == 3  # muon's, then adamw's decayed and not decayed
+
+
+def test_muon_with_adamw_state_round_trips_through_checkpoint_tensors():
+    torch.manual_seed(0)
+    model = GPT2(vocab_size=50, embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8)
+    optimizer = make_optimizer("muon", model, 1e-2)
+    for _ in range(2):
+        model.loss(torch.randint(0, 50, (2, 8)), torch.randint(0, 50, (2, 8))).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    tensors, hyper = optimizer_state_tensors(optimizer, model)
+    assert any(k.endswith("/momentum_buffer") for k in tensors) and any(k.endswith("/exp_avg") for k in tensors)
+    fresh = make_optimizer("muon", model, 1e-2)
+    load_optimizer_state(fresh, model, tensors, hyper)
+    for p in model.parameters():
+        a, b = optimizer.state[p], fresh.state[p]
+        assert a.keys() == b.keys() and all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
+    adamw_only = make_optimizer("adamw", model, 1e-2)
+    with pytest.raises(UserError, match="another --optimizer"):
+        load_optimizer_state(adamw_only, model, tensors, hyper)
+
+
+def test_muon_for_lora_adapters_alone_is_refused():
+    model = GPT2(vocab_size=50, embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8)
+    add_lora(model, LoRAConfig(rank=2))
+    with pytest.raises(UserError, match="LoRA adapters train with adamw"):
+        make_optimizer("muon", model, 1e-3)

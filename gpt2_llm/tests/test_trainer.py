@@ -61,10 +61,11 @@ def test_loss_falls(vocab, corpus, tmp_path):
     assert result.val_bpb < bpb_before - 1.0
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_interrupted_and_resumed_run_matches_a_straight_run(vocab, corpus, tmp_path, dtype):
+@pytest.mark.parametrize("dtype, optimizer", [("fp32", "adamw"), ("bf16", "adamw"), ("fp32", "muon"), ("bf16", "muon")])
+def test_interrupted_and_resumed_run_matches_a_straight_run(vocab, corpus, tmp_path, dtype, optimizer):
     # dropout: the RNG state must resume too. CPU: bit-exact there (CUDA's atomics-based kernels are not).
-    options = dict(dropout=0.1, eval_interval=3, dtype=dtype, device="cpu")
+    # muon: the checkpoint holds Muon's momentum buffers beside AdamW's moments, and resumes with muon unasked.
+    options = dict(dropout=0.1, eval_interval=3, dtype=dtype, device="cpu", optimizer=optimizer)
     straight = micro_trainer(vocab, log_file=str(tmp_path / "straight.jsonl"), **options)
     straight.train(corpus, max_steps=8, save_path=tmp_path / "straight.pt")
 
@@ -75,7 +76,7 @@ def test_interrupted_and_resumed_run_matches_a_straight_run(vocab, corpus, tmp_p
     del first  # a new process would know only the checkpoint
     second = Trainer.from_checkpoint(tmp_path / "resumed.pt", load_vocab(vocab),
                                      log_file=str(tmp_path / "resumed.jsonl"), device="cpu", **QUIET)
-    assert second.state.step == 4
+    assert second.state.step == 4 and second.config.optimizer == optimizer
     assert second.train(corpus, save_path=tmp_path / "resumed.pt").steps == 8  # no length given: the saved plan
 
     straight_log, resumed_log = read_log(tmp_path / "straight.jsonl"), read_log(tmp_path / "resumed.jsonl")
@@ -202,6 +203,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(vocab, corpus, tmp_pa
     with pytest.raises(UserError, match="refusing to save non-finite weights"):
         trainer.save_checkpoint(path)
     assert Trainer.from_checkpoint(path, trainer.bpe, **QUIET).state.step == 3
+
+
+def test_muon_trains_and_fsdp_with_muon_is_refused(vocab, corpus, tmp_path):
+    trainer = micro_trainer(vocab, optimizer="muon")
+    loss_before, _ = trainer.evaluate(trainer.load_data(corpus))
+    assert trainer.train(corpus, max_steps=40, save_path=tmp_path / "m.pt").val_loss < loss_before - 1.0
+    with pytest.raises(UserError, match="muon.*--fsdp"):
+        micro_trainer(vocab, optimizer="muon", fsdp=True)
 
 
 def test_fp16_scales_the_loss_and_resumes_the_scale(vocab, corpus, tmp_path):
