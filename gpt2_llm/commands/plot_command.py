@@ -1,4 +1,7 @@
-"""`plot <log> [--output loss.png]`: train and validation curves from a `train --log-file` log.
+"""`plot <log>... [--x step|time] [--output loss.png]`: train and validation curves from `train --log-file` logs.
+
+Several logs draw on the same axes, one colour each, to compare runs: `--x time` puts them side by side at equal
+wall-clock (seconds of training), `--x step` (the default) at equal steps.
 
 matplotlib is an optional dependency, imported only here.
 """
@@ -9,19 +12,24 @@ from gpt2_llm.errors import UserError
 
 
 def add_arguments(name, parser):
-    parser.add_argument("log", help="JSON-lines metrics file written by train --log-file")
+    parser.add_argument("log", nargs="+", help="JSON-lines metrics file(s) written by train --log-file")
+    parser.add_argument("--x", choices=("step", "time"), default="step",
+                        help="horizontal axis: optimizer steps (default) or seconds of training")
     parser.add_argument("--output", "-o", default="loss.png", help="image to write (default: loss.png)")
 
 
 def run(args):
     from gpt2_llm.metrics import read_metrics
 
-    try:
-        records = read_metrics(args.log)
-    except UnicodeDecodeError:
-        raise UserError(f"{args.log} is not UTF-8 text; is it a --log-file from train?") from None
-    if not records:
-        raise UserError(f"{args.log} has no records yet")
+    runs = []
+    for log in args.log:
+        try:
+            records = read_metrics(log)
+        except UnicodeDecodeError:
+            raise UserError(f"{log} is not UTF-8 text; is it a --log-file from train?") from None
+        if not records:
+            raise UserError(f"{log} has no records yet")
+        runs.append((os.path.basename(log), records))
     try:
         import matplotlib
 
@@ -30,18 +38,26 @@ def run(args):
     except ImportError:
         raise UserError("plot needs matplotlib: pip install matplotlib") from None
 
-    steps = [r["step"] for r in records if "loss" in r]  # an evaluation before training has no train loss
-    losses = [r["loss"] for r in records if "loss" in r]
-    evals = [r for r in records if "val_loss" in r]
+    x_key = "step" if args.x == "step" else "elapsed"
     fig, (ax_loss, ax_bpb) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot(steps, losses, alpha=0.35, label="train loss (per step)")
-    ax_loss.plot(steps, smooth(losses), label="train loss (smoothed)")
-    if evals:
-        ax_loss.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val loss")
-        ax_bpb.plot([r["step"] for r in evals], [r["val_bpb"] for r in evals], "o-", color="C2")
-    ax_loss.set(xlabel="step", ylabel="cross-entropy (nats/token)", title="loss")
+    for colour, (name, records) in enumerate(runs):
+        trained = [r for r in records if "loss" in r]  # an evaluation before training has no train loss
+        xs, losses = [r.get(x_key, 0.0) for r in trained], [r["loss"] for r in trained]
+        evals = [r for r in records if "val_loss" in r]
+        label = "" if len(runs) == 1 else f"{name}: "
+        if len(runs) == 1:
+            ax_loss.plot(xs, losses, alpha=0.35, label="train loss (per step)")
+        ax_loss.plot(xs, smooth(losses), color=f"C{colour}", label=f"{label}train loss (smoothed)")
+        if evals:
+            eval_xs = [r.get(x_key, 0.0) for r in evals]
+            ax_loss.plot(eval_xs, [r["val_loss"] for r in evals], "o--", color=f"C{colour}", label=f"{label}val loss")
+            ax_bpb.plot(eval_xs, [r["val_bpb"] for r in evals], "o-", color=f"C{colour}", label=name)
+    xlabel = "step" if args.x == "step" else "seconds of training"
+    ax_loss.set(xlabel=xlabel, ylabel="cross-entropy (nats/token)", title="loss")
     ax_loss.legend()
-    ax_bpb.set(xlabel="step", ylabel="bits per byte", title="validation bits per byte")
+    ax_bpb.set(xlabel=xlabel, ylabel="bits per byte", title="validation bits per byte")
+    if len(runs) > 1:
+        ax_bpb.legend()
     for ax in (ax_loss, ax_bpb):
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -53,7 +69,8 @@ def run(args):
     except ValueError as e:  # a format matplotlib does not know, e.g. loss.xyz
         raise UserError(f"cannot write {args.output}: {e}") from None
     plt.close(fig)
-    print(f"Wrote {args.output} ({len(records)} steps, {len(evals)} evaluations)")
+    counts = ", ".join(f"{name}: {len(records)} records" for name, records in runs)
+    print(f"Wrote {args.output} ({counts})")
     return 0
 
 

@@ -297,8 +297,8 @@ def test_one_preset_table_holds_each_shape_with_its_training_settings():
 
     quick, tiny = PRESET_TABLE["quick"], PRESET_TABLE["tiny"]
     assert quick.shape == dict(num_layers=4, embedding_dim=128, num_heads=4, max_seq_len=128)  # published figures
-    assert quick.training == dict(batch_size=8, learning_rate=2e-3, warmup_steps=60, eval_interval=250,
-                                  eval_tokens=65536)
+    assert quick.training == dict(batch_size=8, learning_rate=6e-3, warmup_steps=60, eval_interval=250,
+                                  eval_tokens=65536, optimizer="muon")
     assert GPT2Config(vocab_size=300, **tiny.shape).num_layers < quick.shape["num_layers"]  # tiny is tinier
     assert PRESETS == {name: preset.shape for name, preset in PRESET_TABLE.items()}  # the API's view of the same table
 
@@ -342,6 +342,15 @@ def test_cli_train_resume_and_plot(corpus, tmp_path):
     assert plot.returncode == 0, plot.stderr
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
+    # Two runs on one chart, at equal wall-clock: e.g. --optimizer muon against adamw.
+    (tmp_path / "other.jsonl").write_text("".join(
+        json.dumps(dict(step=s, loss=5.0 - s / 10, elapsed=2.0 * s, **({"val_loss": 4.0, "val_bpb": 2.5} if s == 3 else {})))
+        + "\n" for s in (1, 2, 3)))
+    both = main_py("plot", "log.jsonl", "other.jsonl", "--x", "time", "-o", "both.png", cwd=tmp_path)
+    assert both.returncode == 0, both.stderr
+    assert "log.jsonl: 3 records, other.jsonl: 3 records" in both.stdout
+    assert (tmp_path / "both.png").read_bytes()[:4] == b"\x89PNG"
+
 
 @pytest.mark.parametrize("signal_number, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_cli_signal_saves_a_resumable_checkpoint(corpus, vocab, tmp_path, signal_number, exit_code):
@@ -373,7 +382,7 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
 
     (tmp_path / "log.jsonl").write_text('{"step": 1, "loss": 5.0}\n')
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
-    args = type("Args", (), {"log": str(tmp_path / "log.jsonl"), "output": str(tmp_path / "x.png")})
+    args = type("Args", (), {"log": [str(tmp_path / "log.jsonl")], "output": str(tmp_path / "x.png"), "x": "step"})
     with pytest.raises(UserError, match="pip install matplotlib"):
         plot_command.run(args)
 
