@@ -211,6 +211,21 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(tight):
     assert ok.status_code == 200
 
 
+def test_a_queued_stream_whose_client_leaves_frees_its_place(tight):
+    running = long_stream(tight)  # the one slot, still decoding throughout
+    cancelled = tight.health()["cancelled"]
+    http, response = long_stream_waiting(tight)  # nothing sent to it yet
+    response.close()
+    http.close()
+    try:
+        wait_for(lambda: tight.health()["waiting"] == 0)
+        assert tight.health()["running"] == 1 and tight.health()["cancelled"] == cancelled + 1
+    finally:
+        running[1].close()
+        running[0].close()
+    wait_for(lambda: tight.health()["running"] == 0)
+
+
 def test_a_full_queue_answers_429(tight):
     running = long_stream(tight)  # the one slot
     waiting = long_stream_waiting(tight)  # the one place in the queue
