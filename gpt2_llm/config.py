@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 
 from gpt2_llm.errors import UserError
 
+OPTIMIZERS = ("adamw", "muon")  # --optimizer's choices (optim.make_optimizer builds them)
 DEFAULT_MODEL = "gpt2_model.pt"  # the checkpoint `train` writes and `predict` reads when given none
 
 
@@ -125,8 +126,8 @@ class TrainingConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.optimizer not in ("adamw", "muon"):
-            raise UserError(f"--optimizer must be adamw or muon, got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.optimizer == "muon" and self.fsdp:
             raise UserError("--optimizer muon orthogonalizes whole matrices, which --fsdp splits across processes; "
                             "drop --fsdp (DDP works with muon) or use --optimizer adamw")

@@ -13,29 +13,30 @@ import math
 import torch
 from torch import nn
 
+from gpt2_llm.config import OPTIMIZERS
 from gpt2_llm.errors import UserError
 
 WARMUP_TIME_FRACTION = 0.1  # with --max-time, warmup takes at most this share of the time
 
 
 def make_adamw(model: nn.Module, learning_rate: float, weight_decay: float = 0.1, betas=(0.9, 0.95),
-               device_type: str = "cpu") -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (dim >= 2: Linear weights, embeddings).
+               device_type: str = "cpu", leave_out=()) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (dim >= 2: Linear weights, embeddings), for every trainable
+    parameter of model except those in leave_out (which another optimizer trains).
 
     Biases and LayerNorm gains are not decayed: pulling them toward 0 would only bias the model.
     The fused kernel does the whole update in one pass over memory instead of a dozen.
     """
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    left_out = {id(p) for p in leave_out}
+    trainable = [p for p in model.parameters() if p.requires_grad and id(p) not in left_out]
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
     groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
     fused = device_type in ("cuda", "cpu", "mps")
     return torch.optim.AdamW(groups, lr=learning_rate, betas=tuple(betas), fused=fused)
-
-
-OPTIMIZERS = ("adamw", "muon")
 
 
 def make_optimizer(name: str, model: nn.Module, learning_rate: float, weight_decay: float = 0.1,
@@ -50,23 +51,12 @@ def make_optimizer(name: str, model: nn.Module, learning_rate: float, weight_dec
     if not hidden_matrices:
         raise UserError("--optimizer muon trains the decoder's weight matrices, and none are trainable here "
                         "(LoRA adapters train with adamw)")
-    muon_ids = {id(p) for p in hidden_matrices}
-    rest = _WithoutParameters(model, muon_ids)
     # "match_rms_adamw" scales each matrix's orthogonal update to the RMS an AdamW update has (0.2 sqrt(max(A, B))),
     # so that Muon takes AdamW's learning rate and weight decay as they are (Moonshot, "Muon is Scalable").
     muon = torch.optim.Muon(hidden_matrices, lr=learning_rate, weight_decay=weight_decay,
                             adjust_lr_fn="match_rms_adamw")
-    return MuonWithAdamW(muon, make_adamw(rest, learning_rate, weight_decay, betas, device_type))
-
-
-class _WithoutParameters:
-    """model.parameters() less some: what make_adamw reads to build its groups."""
-
-    def __init__(self, model: nn.Module, excluded_ids: set):
-        self.model, self.excluded_ids = model, excluded_ids
-
-    def parameters(self):
-        return (p for p in self.model.parameters() if id(p) not in self.excluded_ids)
+    return MuonWithAdamW(muon, make_adamw(model, learning_rate, weight_decay, betas, device_type,
+                                          leave_out=hidden_matrices))
 
 
 class MuonWithAdamW:

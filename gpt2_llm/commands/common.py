@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from gpt2_llm.config import DEFAULT_MODEL
+from gpt2_llm.config import DEFAULT_MODEL, OPTIMIZERS
 from gpt2_llm.corpus import add_corpus_arguments
 from gpt2_llm.errors import UserError
 from gpt2_llm.vocab import DEFAULT_VOCAB, check_vocab, load_vocab
@@ -65,7 +65,7 @@ def add_training_arguments(parser, default_save):
     opt.add_argument("--lr", type=float, help="peak learning rate (preset default)")
     opt.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
     opt.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay (preset default)")
-    opt.add_argument("--optimizer", choices=("adamw", "muon"),
+    opt.add_argument("--optimizer", choices=OPTIMIZERS,
                      help="adamw (default), or muon: Muon for the decoder's weight matrices, AdamW for embeddings, "
                           "head, norms and biases")
     opt.add_argument("--seed", type=int, help="seed for weights, batches and dropout (default 1337)")
