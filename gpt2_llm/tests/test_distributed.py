@@ -85,6 +85,28 @@ def test_one_process_checkpoint_resumes_in_two(corpus, single, strategy):
     assert_same_weights(single[1], two)  # optimizer moments and batch generator carried over as well
 
 
+def test_muon_in_two_processes_matches_one_and_resumes_in_one(corpus, tmp_path):
+    """DDP + Muon: every rank orthogonalizes the same all-reduced gradients, so the ranks stay equal and match
+    one process with the doubled batch. Muon's Newton-Schulz runs in bf16, which turns the all-reduce's float
+    reordering into differences of ~1% of an update (not AdamW's 1e-5): the check is that the two runs differ by
+    under 5% of how far two more steps move the weights (ranks training on their own halves: ~70%)."""
+    muon = ["--optimizer", "muon", "--grad-accum", "2"]
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    train(corpus, *muon, "--max-steps", "3", "--batch-size", "8", "--save", one)
+    out = train(corpus, *muon, "--max-steps", "3", "--batch-size", "4", "--save", two, processes=2)
+    assert out.count("Done at step 3") == 1
+    after_3 = {path: weights(path)[0] for path in (one, two)}
+    train(corpus, one, "--max-steps", "2", "--batch-size", "8")
+    train(corpus, two, "--max-steps", "2", "--batch-size", "8")  # Muon's momentum comes from the checkpoint
+    after_5 = {path: weights(path)[0] for path in (one, two)}
+    matrices = [key for key, value in after_3[one].items() if key.startswith("decoder.") and value.dim() == 2]
+    assert matrices
+    for key in matrices:
+        two_steps = (after_5[one][key] - after_3[one][key]).norm()
+        for after in (after_3, after_5):
+            assert (after[two][key] - after[one][key]).norm() < 0.05 * two_steps, key
+
+
 def test_fsdp_without_torchrun_is_a_clear_error(corpus):
     result = subprocess.run([sys.executable, MAIN, "train", str(corpus), str(corpus.parent / "vocab.txt"), "--fsdp",
                              *MICRO], cwd=corpus.parent, capture_output=True, text=True, timeout=120, env=ENV)

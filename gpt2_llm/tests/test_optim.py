@@ -7,8 +7,9 @@ import torch
 from gpt2_llm.gpt2 import GPT2
 from gpt2_llm.errors import UserError
 from gpt2_llm.lora import LoRAConfig, add_lora
-from gpt2_llm.optim import (MuonWithAdamW, learning_rate_at, load_optimizer_state, make_adamw, make_optimizer,
-                            optimizer_state_tensors)
+from gpt2_llm import optim
+from gpt2_llm.optim import (BatchedMuon, MuonWithAdamW, learning_rate_at, load_optimizer_state, make_adamw,
+                            make_optimizer, optimizer_state_tensors)
 
 
 @pytest.mark.parametrize(
@@ -103,6 +104,30 @@ def test_muon_with_adamw_state_round_trips_through_checkpoint_tensors():
     adamw_only = make_optimizer("adamw", model, 1e-2)
     with pytest.raises(UserError, match="another --optimizer"):
         load_optimizer_state(adamw_only, model, tensors, hyper)
+
+
+@pytest.mark.parametrize("batch_max_elements", [0, 1 << 30], ids=["one-by-one", "batched"])
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_batched_muon_equals_torch_muon_bit_for_bit(monkeypatch, batch_max_elements, nesterov):
+    """Square, wide and tall matrices, two of each shape, with the shapes interleaved: the same weights and
+    momentum as torch.optim.Muon's after three steps, whether a shape runs batched or one matrix at a time."""
+    monkeypatch.setattr(optim, "BATCH_MAX_ELEMENTS", batch_max_elements)
+    torch.manual_seed(0)
+    shapes = [(24, 24), (16, 40), (40, 16), (24, 24), (16, 40), (40, 16)]
+    ours = [torch.nn.Parameter(torch.randn(shape) * 0.1) for shape in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    settings = dict(lr=0.02, weight_decay=0.1, nesterov=nesterov, adjust_lr_fn="match_rms_adamw")
+    batched, reference = BatchedMuon(ours, **settings), torch.optim.Muon(theirs, **settings)
+    for _ in range(3):
+        for a, b in zip(ours, theirs):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        batched.step()
+        reference.step()
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+        assert torch.equal(batched.state[a]["momentum_buffer"], reference.state[b]["momentum_buffer"])
+    assert batched.state_dict()["param_groups"] == reference.state_dict()["param_groups"]
 
 
 def test_muon_for_lora_adapters_alone_is_refused():
