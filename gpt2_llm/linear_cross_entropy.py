@@ -71,8 +71,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, ignore_index, reduction, compute_dtype, chunk_rows):
         want_grad_hidden, want_grad_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         counted = targets != ignore_index
-        num_counted = int(counted.sum()) if reduction == "mean" else 1
-        scale = 1.0 / max(num_counted, 1)  # an all-ignored batch: loss 0 and zero gradients, not NaN
+        # A tensor, not a Python number: reading the count on the host would wait for the GPU every step.
+        # clamp: an all-ignored batch gives loss 0 and zero gradients, not NaN.
+        count = counted.sum().clamp(min=1).float() if reduction == "mean" else torch.ones((), device=hidden.device)
+        scale = 1.0 / count
         safe_targets = torch.where(counted, targets, 0)  # gather needs a valid index; the row is masked anyway
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             w = weight.to(compute_dtype)

@@ -131,10 +131,11 @@ class Trainer:
         config = model.config
         known = {f.name for f in fields(TrainingConfig)}
         saved = {k: v for k, v in metadata.get("train_args", {}).items() if k in known}
-        settings = {**saved, **options}
+        # Weights alone (model.save, a Hugging Face directory) train on as a new run of the default preset
+        # would: its batch, lr and optimizer together, never one preset's lr with another's optimizer.
+        defaults = {} if saved else PRESET_TABLE[DEFAULT_PRESET].training
+        settings = {**defaults, **saved, **options}
         settings.setdefault("context_length", config.max_seq_len)
-        settings.setdefault("batch_size", PRESET_TABLE[DEFAULT_PRESET].training["batch_size"])
-        settings.setdefault("learning_rate", PRESET_TABLE[DEFAULT_PRESET].training["learning_rate"])
         trainer = cls(model, bpe, settings.pop("context_length"), settings.pop("batch_size"),
                       settings.pop("learning_rate"), **settings)
         if "training" in metadata:

@@ -213,6 +213,21 @@ def test_muon_trains_and_fsdp_with_muon_is_refused(vocab, corpus, tmp_path):
         micro_trainer(vocab, optimizer="muon", fsdp=True)
 
 
+def test_weights_alone_train_on_with_the_default_presets_settings(vocab, tmp_path):
+    """A model.save file holds no training settings: training it on takes the default preset's batch, lr and
+    optimizer together (not its lr with another optimizer), and flags given still win."""
+    from gpt2_llm.config import DEFAULT_PRESET, PRESET_TABLE
+
+    model = micro_trainer(vocab).model
+    model.save(tmp_path / "weights.safetensors")
+    trainer = Trainer.from_checkpoint(tmp_path / "weights.safetensors", load_vocab(vocab), **QUIET)
+    preset = PRESET_TABLE[DEFAULT_PRESET].training
+    settings = trainer.config.run_settings()
+    assert {key: settings[key] for key in preset} == preset
+    assert Trainer.from_checkpoint(tmp_path / "weights.safetensors", load_vocab(vocab), optimizer="adamw",
+                                   **QUIET).config.optimizer == "adamw"
+
+
 def test_fp16_scales_the_loss_and_resumes_the_scale(vocab, corpus, tmp_path):
     trainer = micro_trainer(vocab, dtype="fp16", device="cpu")
     assert trainer.scaler.is_enabled()
@@ -299,6 +314,8 @@ def test_one_preset_table_holds_each_shape_with_its_training_settings():
     assert quick.shape == dict(num_layers=4, embedding_dim=128, num_heads=4, max_seq_len=128)  # published figures
     assert quick.training == dict(batch_size=8, learning_rate=6e-3, warmup_steps=60, eval_interval=250,
                                   eval_tokens=65536, optimizer="muon")
+    assert PRESET_TABLE["small"].training == dict(batch_size=16, learning_rate=3e-3, warmup_steps=30,
+                                                  eval_interval=60, optimizer="muon")  # published figures
     assert GPT2Config(vocab_size=300, **tiny.shape).num_layers < quick.shape["num_layers"]  # tiny is tinier
     assert PRESETS == {name: preset.shape for name, preset in PRESET_TABLE.items()}  # the API's view of the same table
 
