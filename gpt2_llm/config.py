@@ -129,8 +129,9 @@ class TrainingConfig:
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.optimizer == "muon" and self.fsdp:
-            raise UserError("--optimizer muon orthogonalizes whole matrices, which --fsdp splits across processes; "
-                            "drop --fsdp (DDP works with muon) or use --optimizer adamw")
+            raise UserError("muon (--optimizer muon; the quick and small presets' default) orthogonalizes whole "
+                            "matrices, which --fsdp splits across processes; drop --fsdp (DDP works with muon) or "
+                            "pass --optimizer adamw with an AdamW lr (small: --lr 3e-4)")
         if not self.learning_rate > 0:
             raise UserError(f"learning rate must be positive, got {self.learning_rate}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
@@ -159,8 +160,8 @@ PRESET_TABLE: dict[str, Preset] = {
     # The best a 2-core CPU trains in ~100 s (measured: see README "quick preset"). With a ~10k vocab the
     # tied head is most of the compute, so a wider or deeper body only costs tokens. Small batches (more
     # updates per second) and a high lr, which a 4x128 model takes well. Muon (see optim.py) beat AdamW here at
-    # equal wall-clock though it ran ~25% fewer steps (before BatchedMuon): 1.98 vs 2.07 bits per byte on Shakespeare in 100 s,
-    # and at 6e-3 (tried 2e-3, 4e-3, 6e-3) it did best (README "quick preset").
+    # equal wall-clock though it ran ~25% fewer steps (before BatchedMuon): 1.98 vs 2.07 bits per byte on
+    # Shakespeare in 100 s, and at 6e-3 (tried 2e-3, 4e-3, 6e-3) it did best (README "quick preset").
     "quick": Preset("4x128, context 128: the best model a 2-core CPU trains in a few minutes",
                     dict(num_layers=4, embedding_dim=128, num_heads=4, max_seq_len=128),
                     dict(batch_size=8, learning_rate=6e-3, warmup_steps=60, eval_interval=250, eval_tokens=65536,
