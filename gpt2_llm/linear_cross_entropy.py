@@ -73,8 +73,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         counted = targets != ignore_index
         # A tensor, not a Python number: reading the count on the host would wait for the GPU every step.
         # clamp: an all-ignored batch gives loss 0 and zero gradients, not NaN.
-        count = counted.sum().clamp(min=1).float() if reduction == "mean" else torch.ones((), device=hidden.device)
-        scale = 1.0 / count
+        scale = 1.0 / counted.sum().clamp(min=1) if reduction == "mean" else 1.0
         safe_targets = torch.where(counted, targets, 0)  # gather needs a valid index; the row is masked anyway
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             w = weight.to(compute_dtype)

@@ -118,7 +118,7 @@ class BatchedMuon(torch.optim.Muon):
                 state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
             buffers.append(state["momentum_buffer"])
         torch._foreach_lerp_(buffers, grads, 1 - momentum)
-        updates = [g.lerp(b, momentum) for g, b in zip(grads, buffers)] if group["nesterov"] else buffers
+        updates = torch._foreach_lerp(grads, buffers, momentum) if group["nesterov"] else buffers
         ns = (group["ns_coefficients"], group["ns_steps"], group["eps"])
         if shape.numel() <= BATCH_MAX_ELEMENTS:
             orthogonal = orthogonalize(torch.stack(updates), *ns).unbind(0)

@@ -17,9 +17,10 @@ from gpt2_llm.distributed import DistributedContext, rank_slice
 from gpt2_llm.tests.conftest import MAIN
 
 pytestmark = pytest.mark.usefixtures("vocab")  # conftest's: corpus.parent / "vocab.txt", which train() passes
-MICRO = ["--layers", "2", "--dim", "32", "--heads", "2", "--context", "32", "--dtype", "fp32", "--device", "cpu",
-         "--lr", "3e-3", "--warmup", "1", "--eval-interval", "1000", "--eval-tokens", "256", "--no-progress",
-         "--optimizer", "adamw"]  # AdamW in fp32 leaves only the all-reduce's float order; Muon has its own test
+MICRO_RUN = ["--layers", "2", "--dim", "32", "--heads", "2", "--context", "32", "--dtype", "fp32", "--device", "cpu",
+             "--lr", "3e-3", "--warmup", "1", "--eval-interval", "1000", "--eval-tokens", "256", "--no-progress"]
+# AdamW in fp32 leaves only the all-reduce's float order to differ; Muon has its own test.
+MICRO = [*MICRO_RUN, "--optimizer", "adamw"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -91,14 +92,14 @@ def test_muon_in_two_processes_matches_one_and_resumes_in_one(corpus, tmp_path):
     one process with the doubled batch. Muon's Newton-Schulz runs in bf16, which turns the all-reduce's float
     reordering into differences of ~1% of an update (not AdamW's 1e-5): the check is that the two runs differ by
     under 5% of how far two more steps move the weights (ranks training on their own halves: ~70%)."""
-    muon = [*MICRO[:-2], "--optimizer", "muon", "--grad-accum", "2"]
+    muon = [*MICRO_RUN, "--optimizer", "muon", "--grad-accum", "2"]
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     train(corpus, "--max-steps", "3", "--batch-size", "8", "--save", one, shape=muon)
     out = train(corpus, "--max-steps", "3", "--batch-size", "4", "--save", two, processes=2, shape=muon)
     assert out.count("Done at step 3") == 1
     after_3 = {path: weights(path)[0] for path in (one, two)}
-    train(corpus, one, "--max-steps", "2", "--batch-size", "8", shape=MICRO[:-2])
-    train(corpus, two, "--max-steps", "2", "--batch-size", "8", shape=MICRO[:-2])  # Muon: from the checkpoint
+    train(corpus, one, "--max-steps", "2", "--batch-size", "8", shape=MICRO_RUN)
+    train(corpus, two, "--max-steps", "2", "--batch-size", "8", shape=MICRO_RUN)  # Muon: from the checkpoint
     after_5 = {path: weights(path)[0] for path in (one, two)}
     matrices = [key for key, value in after_3[one].items() if key.startswith("decoder.") and value.dim() == 2]
     assert matrices
