@@ -29,6 +29,7 @@ import json
 import multiprocessing
 import os
 import re
+import subprocess
 import sys
 import tempfile
 from collections import Counter, defaultdict
@@ -40,6 +41,11 @@ from operator import methodcaller
 import numpy as np
 import regex
 from tqdm import tqdm
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock files, so no background compile (see compile_kernels)
+    fcntl = None
 
 
 # ======================================================================================================================
@@ -218,15 +224,26 @@ class _ChunkCache(dict):
 # knowing the future), and short CLI calls never pay the import.
 _COMPILED_PAYS_CHARS = 1 << 22
 _COMPILED_MIN_CHARS = 1 << 10  # shorter texts stay in Python: a warm chunk cache beats a call's fixed cost
+_PYTHON_ENCODE_CHARS_PER_SECOND = 3_500_000  # the Python path, cold, on English (the compiled one: ~40 M)
 _kernels = None  # gpt2_llm.bpe_kernels once imported; False where numba is missing
 _python_chars = 0  # characters of texts of at least _COMPILED_MIN_CHARS encoded in Python so far
 _utf8 = methodcaller("encode", "utf-8", "surrogatepass")
 
 
-def load_kernels():
-    """The compiled kernels (gpt2_llm.bpe_kernels), imported on first use; None where numba is not installed."""
+def load_kernels(python_seconds=float("inf")):
+    """The compiled kernels (gpt2_llm.bpe_kernels), imported on first use; None where numba is not installed, and
+    None while they are not compiled for this machine yet and the job at hand would take Python only python_seconds,
+    less than compiling them: they then compile in the background for the next runs (see the next section)."""
     global _kernels
     if _kernels is None:
+        status = kernels_cache_status()
+        if status == NUMBA_MISSING:
+            _kernels = False
+            return None
+        if status != KERNELS_CACHED:
+            if python_seconds < _COMPILE_SECONDS and _start_background_compile():
+                return None
+            compile_kernels()
         try:
             from gpt2_llm import bpe_kernels as _kernels
         except ModuleNotFoundError as e:
@@ -244,7 +261,245 @@ def _kernels_for(num_chars):
     if _kernels is None and _python_chars + num_chars < _COMPILED_PAYS_CHARS:
         _python_chars += num_chars
         return None
-    return load_kernels()
+    return load_kernels(num_chars / _PYTHON_ENCODE_CHARS_PER_SECOND)
+
+
+# ---- the compiled path's first run on a machine: compiling the kernels once ----
+# numba compiles the kernels on their first use and keeps the machine code in a disk cache, so later processes load
+# it in ~0.3 s. Compiling takes ~25 s of one core (~15 s in parallel processes on 2 cores), several times what
+# Python takes to tokenize a few MB. So that no run stalls silently to compile, a process that wants the
+# kernels while the cache lacks them says so in one line on stderr and either
+#   - keeps to the Python path, when its job takes Python less than compiling would (python_seconds above; the 5 MB
+#     Shakespeare corpus: ~3 s to learn its vocab), and starts one background process that compiles the kernels
+#     into the cache, at low priority, so the next runs are fast; or
+#   - compiles them first (compile_kernels), in parallel processes with a progress bar, when the job is big enough
+#     to pay for it.
+# The results are the same either way: test_bpe proves both paths equal. Only one process compiles at a time: it
+# holds a lock file in the cache folder; the others keep to Python, or wait when their job is big. A marker file
+# written there once every kernel is cached tells kernels_cache_status so without importing numba. It records what
+# numba's cache depends on (the numba and Python versions, the kernels' source, the CPU), so a change to any of them
+# compiles again, as numba would.
+
+_COMPILE_SECONDS = 15  # compile_kernels' wall time, on 2 cores; the background compile takes ~2x (one niced core)
+KERNELS_CACHED = "cached"
+NUMBA_MISSING = "numba not installed"
+KERNELS_COMPILING = "being compiled by another process"
+KERNELS_NOT_COMPILED = f"not compiled yet (the first big job compiles them, ~{_COMPILE_SECONDS} s, once per machine)"
+_KERNEL_GROUPS = ("encode", "count", "train")  # compiled in parallel by compile_kernels: independent kernels
+_MARKER, _LOCK, _LOG = "gpt2_llm_kernels.json", "gpt2_llm_kernels.lock", "gpt2_llm_kernels.log"
+_background_compile_started = False  # this process started one, or found one running: it tries no other
+
+
+def kernels_cache_status():
+    """Whether the compiled kernels are in numba's disk cache for this machine, found without importing numba or
+    compiling anything: KERNELS_CACHED, KERNELS_COMPILING (another process is compiling them), KERNELS_NOT_COMPILED
+    or NUMBA_MISSING. kernels_cache_status() -> "cached" """
+    expected = _cache_marker()
+    if expected is None:
+        return NUMBA_MISSING
+    folder = kernel_cache_folder()
+    if _read_marker(folder) == expected:
+        return KERNELS_CACHED
+    return KERNELS_COMPILING if _compile_lock_is_held(folder) else KERNELS_NOT_COMPILED
+
+
+def _cache_marker():
+    """What numba's cached kernels depend on, as the marker file records it; None where numba is not installed."""
+    from importlib import metadata
+
+    if "numba" in sys.modules and sys.modules["numba"] is None:  # blocked, as the tests do to mean "not installed"
+        return None
+    try:
+        numba_version = metadata.version("numba")
+    except metadata.PackageNotFoundError:
+        return None
+    sources = hashlib.sha256()
+    for name in ("bpe_kernels.py", "bpe_training_kernels.py"):
+        with open(os.path.join(_kernels_folder(), name), "rb") as f:
+            sources.update(f.read())
+    return {"numba": numba_version, "python": list(sys.version_info[:2]), "sources": sources.hexdigest(),
+            "cpu": _cpu_description()}
+
+
+def _kernels_folder():
+    """The folder of the kernel modules (gpt2_llm/), found without importing the package."""
+    from importlib.util import find_spec
+
+    return find_spec("gpt2_llm").submodule_search_locations[0]
+
+
+def _cpu_description():
+    """The CPU numba compiles for: its model and instruction-set flags (Linux), or what the platform reports."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            first_cpu = f.read().split("\n\n", 1)[0]
+        lines = [line for line in first_cpu.splitlines() if line.startswith(("model name", "flags", "Features"))]
+    except OSError:
+        lines = []
+    return hashlib.sha256("\n".join([platform.machine(), platform.processor(), *lines]).encode()).hexdigest()[:16]
+
+
+def kernel_cache_folder():
+    """The folder numba caches the kernels in: the first writable of NUMBA_CACHE_DIR, __pycache__ beside the kernel
+    modules, numba's user cache folder, and the temp folder that gpt2_llm/bpe_kernels.py falls back to (numba's own
+    order, which tests check against numba). kernel_cache_folder() -> ".../gpt2_llm/__pycache__" """
+    folder = _kernels_folder()
+    # numba names a cache folder outside the source tree after the source folder's name and a hash of its path
+    subfolder = f"{os.path.basename(folder)}_{hashlib.sha1(folder.encode()).hexdigest()}"
+    if sys.platform == "win32":
+        user_cache = os.path.join(os.environ.get("LOCALAPPDATA", os.path.expanduser("~")), "numba", "numba", "Cache")
+    elif sys.platform == "darwin":
+        user_cache = os.path.expanduser("~/Library/Caches/numba")
+    else:
+        user_cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "numba")
+    candidates = [os.path.join(os.environ["NUMBA_CACHE_DIR"], subfolder)] if os.environ.get("NUMBA_CACHE_DIR") else []
+    candidates += [os.path.join(folder, "__pycache__"), os.path.join(user_cache, subfolder)]
+    writable = next((c for c in candidates if _could_write_in(c)), None)
+    return writable or os.path.join(tempfile.gettempdir(), f"gpt2_llm_numba_cache_{getattr(os, 'getuid', str)()}",
+                                    subfolder)
+
+
+def _could_write_in(folder):
+    """Whether folder is writable, or could be made in its nearest existing parent: as numba checks, less the write."""
+    while not os.path.exists(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return False
+        folder = parent
+    return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
+
+
+def _read_marker(folder):
+    try:
+        with open(os.path.join(folder, _MARKER)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _compile_lock_is_held(folder):
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(os.path.join(folder, _LOCK), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _open_compile_lock(folder):
+    """The lock file of folder's compiles, opened (made if need be), not locked yet."""
+    os.makedirs(folder, exist_ok=True)
+    return open(os.path.join(folder, _LOCK), "a")
+
+
+def _note_compiling_pid(lock, pid):
+    """Write in the lock file which process compiles, for a person (or a test) to find it."""
+    lock.truncate(0)
+    lock.write(f"{pid}\n")
+    lock.flush()
+
+
+def _start_background_compile():
+    """Start a process that compiles the kernels into the cache at low priority, unless one runs already; say so on
+    stderr. False where that cannot be done here (no fcntl: Windows): then the caller compiles them itself."""
+    global _background_compile_started
+    if fcntl is None:
+        return False
+    if _background_compile_started:
+        return True
+    _background_compile_started = True
+    folder = kernel_cache_folder()
+    with _open_compile_lock(folder) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("The tokenizer's compiled kernels are being compiled by another process (once per machine); this "
+                  "run uses the Python path", file=sys.stderr)
+            return True
+        with open(os.path.join(folder, _LOG), "w") as log:
+            # The child inherits the locked file, so the lock is held until it exits, even after this one closes it.
+            child = subprocess.Popen(_compile_command(_KERNEL_GROUPS, background=True), stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=log, pass_fds=(lock.fileno(),), start_new_session=True)
+        _note_compiling_pid(lock, child.pid)
+    print(f"Compiling the tokenizer's kernels in the background (once per machine, ~{2 * _COMPILE_SECONDS} s); this "
+          "run uses the Python path, the next runs the compiled one, several times faster", file=sys.stderr)
+    return True
+
+
+def compile_kernels(progress=True):
+    """Compile the kernels into numba's disk cache now, unless they are there: one line on stderr, then a progress
+    bar (on a terminal) while the groups compile in parallel processes. Waits for a compile in another process."""
+    folder = kernel_cache_folder()
+    with _open_compile_lock(folder) if fcntl else suppress() as lock:
+        if fcntl:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print("Waiting for the tokenizer's kernels, being compiled by another process (once per machine)",
+                      file=sys.stderr)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            _note_compiling_pid(lock, os.getpid())
+        expected = _cache_marker()
+        if _read_marker(folder) == expected:
+            return
+        print(f"Compiling the tokenizer's kernels (once per machine, ~{_COMPILE_SECONDS} s; later runs load them in "
+              "under a second)", file=sys.stderr)
+        children = [subprocess.Popen(_compile_command([group]), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True) for group in _KERNEL_GROUPS]
+        show = progress and sys.stderr.isatty()
+        for group, child in tqdm(zip(_KERNEL_GROUPS, children), total=len(children), desc="Compiling kernels",
+                                 unit="group", disable=not show):
+            _, errors = child.communicate()
+            if child.returncode:
+                raise RuntimeError(f"compiling the tokenizer's {group} kernels failed:\n{errors}")
+        atomic_write(os.path.join(folder, _MARKER), json.dumps(expected))
+
+
+def _compile_command(groups, background=False):
+    """The command line of a Python process that runs compile_in_this_process(groups, background)."""
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import bpe; bpe.compile_in_this_process(sys.argv[3:], "
+    code += f"write_marker={background})"
+    return [sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)), "--", *groups]
+
+
+def compile_in_this_process(groups, write_marker=False):
+    """Compile the kernel groups (of _KERNEL_GROUPS) into numba's disk cache by running the compiled path on tiny
+    inputs, so each kernel compiles for the argument types real calls give it; then, if asked, write the marker
+    that says every kernel is cached. A background compile does all of this, niced, in one process."""
+    global _kernels
+    if write_marker:
+        with suppress(OSError, AttributeError):
+            os.nice(10)  # leave the cores to the run that started it
+    from gpt2_llm import bpe_kernels as _kernels
+    from gpt2_llm import bpe_training_kernels
+
+    text, chunk_counts = "Hi hi, héllo 42!\n", {"hi": 2, " hi": 1}
+    if "encode" in groups:
+        bpe = BPE()
+        bpe._build(range(256), [(104, 105)])
+        bpe._encode(text, (), _kernels)
+    if "count" in groups:
+        counts, more = ChunkCounts(bpe_training_kernels), ChunkCounts(bpe_training_kernels)
+        counts.add_text(text)
+        more.add_text(text)
+        counts.update(more)
+        counts.select(counts.values() > 1)
+    if "train" in groups:
+        train_merges_compiled(chunk_counts, 1, bpe_training_kernels)
+    for kernel in (_kernels.encode_utf8, bpe_training_kernels.count_utf8, bpe_training_kernels.train_merges):
+        if kernel.stats.cache_path != kernel_cache_folder():  # then kernels_cache_status would look in vain
+            raise RuntimeError(f"numba caches in {kernel.stats.cache_path}, not in {kernel_cache_folder()}")
+    if write_marker:
+        atomic_write(os.path.join(kernel_cache_folder(), _MARKER), json.dumps(_cache_marker()))
 
 
 def _regex_regions(text, num_bytes):
@@ -384,11 +639,13 @@ def train_merges(chunk_counts, num_merges, verbose=True):
 # smaller trainings (tests, create_vocab on a short text) stay in Python, as do all where numba is not installed.
 # It also counts chunks (ChunkCounts, below), for corpora big enough to pay numba's load: gpt2_llm/vocab.py decides.
 _COMPILED_TRAINING_MIN_CHUNKS = 1 << 13
+_PYTHON_TRAINING_CHUNKS_PER_SECOND = 16_000  # train_merges to a vocab of ~10k (the 5 MB Shakespeare: 36k chunks)
 
 
-def load_training_kernels():
-    """gpt2_llm.bpe_training_kernels, imported on first use; None where numba is not installed."""
-    if not load_kernels():
+def load_training_kernels(python_seconds=float("inf")):
+    """gpt2_llm.bpe_training_kernels, imported on first use; None where numba is not installed, or while the kernels
+    compile for a job that Python ends in python_seconds (see load_kernels)."""
+    if not load_kernels(python_seconds):
         return None
     from gpt2_llm import bpe_training_kernels
 
@@ -397,7 +654,9 @@ def load_training_kernels():
 
 def _training_kernels_for(num_chunks):
     """The compiled training kernels when they pay for num_chunks distinct chunks (see above), else None: Python."""
-    return load_training_kernels() if num_chunks >= _COMPILED_TRAINING_MIN_CHUNKS else None
+    if num_chunks < _COMPILED_TRAINING_MIN_CHUNKS:
+        return None
+    return load_training_kernels(num_chunks / _PYTHON_TRAINING_CHUNKS_PER_SECOND)
 
 
 def learn_merges(chunk_counts, num_merges, verbose=True):
@@ -432,9 +691,10 @@ def _merge_list(merges):
     return list(map(tuple, merges.tolist()))
 
 
-def compiled_chunk_counts():
-    """An empty ChunkCounts where numba is installed, else None: count with count_chunks."""
-    kernels = load_training_kernels()
+def compiled_chunk_counts(python_seconds=float("inf")):
+    """An empty ChunkCounts where numba is installed, else None: count with count_chunks. python_seconds: how long
+    the job would take in Python, for load_kernels to weigh against compiling the kernels on a machine's first run."""
+    kernels = load_training_kernels(python_seconds)
     return kernels and ChunkCounts(kernels)
 
 

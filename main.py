@@ -1,4 +1,5 @@
-"""gpt2-llm command line: tokenize, encode, decode, prepare, train, predict, evaluate, finetune, merge, plot, check.
+"""gpt2-llm command line: tokenize, encode, decode, prepare, train, predict, evaluate, finetune, merge, plot, check,
+info.
 
     python main.py tokenize <file>...              # learn a BPE vocabulary -> vocab.txt
     python main.py prepare <file>... [--vocab V]   # encode a corpus once into its token cache
@@ -11,6 +12,7 @@
     python main.py finetune <file> [vocab] --base CHECKPOINT | --pretrained DIR
     python main.py merge <adapter> [vocab]
     python main.py check <checkpoint> <vocab>      # do they belong together? (exit 0 yes, 1 no)
+    python main.py info                            # this machine and the precision and kernels chosen for it
 
 Each command lives in gpt2_llm/commands/<name>.py, which adds its own arguments and runs it.
 Mistakes a user can make surface as one line on stderr and exit code 2, never a traceback.
@@ -34,6 +36,7 @@ COMMANDS = {
     "merge": ("merge_command", "fold a LoRA adapter into a whole checkpoint"),
     "plot": ("plot_command", "plot the loss curves of a training metrics log"),
     "check": ("check_command", "diagnose whether a checkpoint and a vocabulary belong together"),
+    "info": ("info_command", "this machine: CPU, ISA flags, threads, the precision and kernels chosen here, and why"),
 }
 
 

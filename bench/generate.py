@@ -142,6 +142,9 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated per call (default 128)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
     args = parser.parse_args()
+    from gpt2_llm.hardware import machine_header  # every figure names the machine it was measured on
+
+    print(machine_header(), flush=True)
     torch.set_num_threads(args.threads)
     import transformers
     from transformers import GPT2LMHeadModel

@@ -96,6 +96,9 @@ def main():
     parser.add_argument("--steps", type=int, default=7, help="timed steps per contender and precision")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     args = parser.parse_args()
+    from gpt2_llm.hardware import machine_header  # every figure names the machine it was measured on
+
+    print(machine_header(), flush=True)
 
     torch.set_num_threads(os.cpu_count())
     ours, hf = build_models()

@@ -113,6 +113,9 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens per request (default 128)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     args = parser.parse_args()
+    from gpt2_llm.hardware import machine_header  # every figure names the machine it was measured on
+
+    print(machine_header(), flush=True)
     threads = os.cpu_count()
     encoder_json, vocab_bpe = gpt2_tokenizer_files()
     bpe = BPE.from_gpt2(str(encoder_json), str(vocab_bpe))

@@ -242,6 +242,9 @@ def main():
     parser.add_argument("--skip-training", action="store_true", help="only the encoding comparison (part 1)")
     parser.add_argument("--trial", nargs=4, help=argparse.SUPPRESS)  # TOOL MODE PATH THREADS, in a child process
     args = parser.parse_args()
+    from gpt2_llm.hardware import machine_header  # every figure names the machine it was measured on
+
+    print(machine_header(), flush=True)
     if args.trial:
         tool, mode, path, threads = args.trial
         print(json.dumps(run_trial(tool, mode, path, int(threads))))

@@ -157,6 +157,9 @@ def main():
     parser.add_argument("--device", help="cpu, cuda, mps (default: the best present)")
     parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated subset of fp32,bf16")
     args = parser.parse_args()
+    from gpt2_llm.hardware import machine_header  # every figure names the machine it was measured on
+
+    print(machine_header(), flush=True)
 
     device = pick_device(args.device)
     shape = dict(PRESET_TABLE[args.preset].shape)

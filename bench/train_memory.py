@@ -54,6 +54,9 @@ def main():
     if args.child:
         print(json.dumps(one_path(args.child, args.context, args.batch, args.steps, args.optimizer)))
         return
+    from gpt2_llm.hardware import machine_header  # every figure names the machine it was measured on
+
+    print(machine_header(), flush=True)
     results = {}
     for path in PATHS:
         out = subprocess.run([sys.executable, __file__, "--child", path, "--context", str(args.context),

@@ -13,9 +13,9 @@ merges by rank (merge_by_rank_fast's loop, with a hash table of pair -> merged i
 cache so a repeated chunk is merged once.
 
 Leaf module: numpy and numba only (no torch, nothing from gpt2_llm). The compiled code is cached on disk, so only the
-first run on a machine pays the compile (~3 s): in __pycache__ beside this file, else (a read-only install) in
-numba's user cache folder, else in the temp folder; NUMBA_CACHE_DIR overrides all three. `nogil=True` lets threads
-encode in parallel.
+first run on a machine pays the compile (~5 s; bpe.py decides when, and says so): in __pycache__ beside this file,
+else (a read-only install) in numba's user cache folder, else in the temp folder; NUMBA_CACHE_DIR overrides all three
+(bpe.kernel_cache_folder finds the same folder without numba). `nogil=True` lets threads encode in parallel.
 """
 import os
 import tempfile

@@ -22,7 +22,8 @@ train_merges' algorithm is bpe.train_merges' own, with each Python structure rep
 Growing arrays double, so the memory follows the number of distinct chunks and pairs, not the corpus.
 
 Leaf module: numpy and numba only, plus gpt2_llm.bpe_kernels (also a leaf) for its hashes, its ASCII pre-split and
-its choice of where numba caches compiled code on disk, so only the first run on a machine compiles (~10 s).
+its choice of where numba caches compiled code on disk, so only the first run on a machine compiles (~20 s of one
+core, counting and merging apart; bpe.py decides when, and says so).
 """
 import numpy as np
 from numba import njit
@@ -39,8 +40,16 @@ def _grown(array, needed):
     if len(array) >= needed:
         return array
     bigger = np.empty((max(needed, 2 * len(array)),) + array.shape[1:], array.dtype)
-    bigger[: len(array)] = array
+    _copy_into(bigger.reshape(-1), array.reshape(-1), 0)
     return bigger
+
+
+@njit(cache=True)
+def _copy_into(target, source, at):
+    """target[at:at + len(source)] = source, as a loop: numba compiles a slice assignment with its shape-mismatch
+    error message, which takes seconds of each kernel's first-run compile."""
+    for i in range(len(source)):
+        target[at + i] = source[i]
 
 
 # ---- counting: {chunk: count} of a text, in a hash table of byte strings ----
@@ -83,7 +92,7 @@ def _new_chunk(slots, starts, counts, data, num_chunks, slot, source, start, end
     if 2 * (num_chunks + 1) > len(slots) or num_chunks + 1 > len(counts) or at + end - start > len(data):
         return False
     slots[slot], counts[num_chunks] = (((h >> _TAG_SHIFT) & _LOW_32_BITS) << 32) | num_chunks, count
-    data[at: at + end - start] = source[start:end]
+    _copy_into(data, source[start:end], at)
     starts[num_chunks + 1] = at + end - start
     return True
 

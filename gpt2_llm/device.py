@@ -1,12 +1,15 @@
 """Device and precision, decided once at the edge (CLI, trainer) and passed down to the model.
 
     device: CUDA, then Apple's MPS, then the CPU, unless one is named.
-    dtype:  bf16 autocast where the hardware has it (recent GPUs, CPUs with AVX512-BF16/AMX),
-            else fp16 + loss scaling on CUDA, else fp32.
+    dtype:  bf16 autocast where the hardware runs it natively (recent GPUs, CPUs with AVX512-BF16, AMX or
+            ARM's BF16), else fp16 + loss scaling on CUDA, else fp32. Read from the CPU's flags, not from
+            oneDNN, which calls bf16 supported wherever it can emulate it.
 """
 import ctypes
 import sys
+from collections.abc import Mapping
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import torch
 
@@ -38,29 +41,61 @@ def pick_device(name: str | None = None) -> torch.device:
     return device
 
 
+# CPU instruction sets that run bf16 matmuls natively: x86's AVX512-BF16 and AMX, ARM's BF16 extension. Where
+# oneDNN finds none of them but has AVX-512 it still reports bf16 "supported" and emulates it, ~3x slower than fp32.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+
+
+def cpu_capabilities() -> Mapping:
+    """This CPU's instruction sets as PyTorch's cpuinfo reads them: {'avx2': True, 'avx512_bf16': False, ...}."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    return get() if get is not None else {}
+
+
 def has_fast_bf16(device: torch.device) -> bool:
     """Whether bf16 matmuls run natively (not emulated) on this device."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return False
+    return choose_dtype(None, device).dtype == torch.bfloat16
 
 
-def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """The autocast dtype for a --dtype choice (None = best for the device).
+class Precision(NamedTuple):
+    dtype: torch.dtype
+    reason: str  # one line for the user: the choice, why, and how to override it
+
+
+def choose_dtype(name: str | None, device: torch.device, capabilities: Mapping | None = None) -> Precision:
+    """The autocast dtype for a --dtype choice (None = what the hardware runs natively), and why.
+
+        choose_dtype(None, cpu) -> Precision(torch.float32, 'fp32: this CPU emulates bf16 (AVX-512 without ...')
 
     A bf16 request on a GPU without bf16 falls back to fp16, which the trainer pairs with a GradScaler.
     """
-    if name is None:
-        if has_fast_bf16(device):
-            return torch.bfloat16
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise UserError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
-    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return DTYPES[name]
+    if name is not None:
+        if name not in DTYPES:
+            raise UserError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return Precision(torch.float16, "fp16: --dtype bf16 asked, but this GPU has no bf16; fp16 with loss scaling")
+        return Precision(DTYPES[name], f"{name}: asked for with --dtype")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Precision(torch.bfloat16, "bf16: this GPU runs bf16 natively; --dtype fp32 forces full precision")
+        return Precision(torch.float16, "fp16: this GPU has no bf16 (fp16 with loss scaling); --dtype fp32 forces "
+                                        "full precision")
+    if device.type != "cpu":
+        return Precision(torch.float32, f"fp32: the default on {device.type}; --dtype bf16 forces bf16")
+    capabilities = cpu_capabilities() if capabilities is None else capabilities
+    native = [flag for flag in NATIVE_BF16_FLAGS if capabilities.get(flag)]
+    if native and torch.backends.mkldnn.is_available():
+        return Precision(torch.bfloat16, f"bf16: this CPU runs bf16 natively ({', '.join(native).upper()}); "
+                                         "--dtype fp32 forces full precision")
+    if capabilities.get("avx512_f"):
+        return Precision(torch.float32, "fp32: this CPU emulates bf16 (AVX-512 without AVX512-BF16/AMX); "
+                                        "--dtype bf16 forces it")
+    return Precision(torch.float32, "fp32: this CPU has no bf16 instructions; --dtype bf16 forces it (emulated)")
+
+
+def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """The autocast dtype for a --dtype choice (None = best for the device); see choose_dtype."""
+    return choose_dtype(name, device).dtype
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -2,57 +2,136 @@
 the trainer's samples, and the weight formats that make token-by-token decoding fast on a CPU.
 
 Decoding one token multiplies one vector by every weight matrix, so its speed is the speed at which
-weights stream from memory. Two ways to stream them faster, each replacing nn.Linear modules:
+weights stream from memory. The formats, each replacing nn.Linear modules:
 
   Int8Linear    weight-only int8: each output channel's row becomes int8 values q with one float
                 scale s (w ~ s * q, q in -127..127, s = max|w| / 127), a quarter of fp32's bytes.
-                Activations stay floating point; torch._weight_int8pack_mm multiplies by the
-                int8 rows directly and applies the scales at the end.
-  PackedLinear  the same fp32/bf16 numbers in oneDNN's blocked weight layout, which its gemv reads
-                at close to memory bandwidth (measured ~1.5-2x nn.Linear's plain row-major path
-                for one token on a 2-core Zen4).
+                Activations stay fp32: a token's rows go through the compiled matvec_int8, a prompt's
+                through one GEMM on the dequantized weights.
+  MatvecLinear  fp32 weights (the model's own tensors) through the compiled matvec_fp32 for a few rows.
+  PackedLinear  fp32/bf16 weights in oneDNN's blocked layout, whose gemv reads them near memory bandwidth
+                on some CPUs (a Zen 4) and far below it on others (a Zen 3): fp32_decode_kernel measures
+                which of it and MatvecLinear is faster, once per machine; bf16 is always PackedLinear
+                where oneDNN has bf16 kernels (matvec_kernels has none).
 
 Two ways in:
   decoding_model(model)            what generation runs: a copy that shares every weight with the model
-                                   except the Linear ones, which it holds prepacked (in the autocast
+                                   except the Linear ones, which it holds in their fast form (in the autocast
                                    dtype when one is active). Built on first use and kept until a weight
                                    changes or the model goes back to training, so `model.generate` is as
-                                   fast as `predict` without changing the model; the price is a second,
-                                   packed copy of the Linear weights while it is kept.
+                                   fast as `predict` without changing the model; the price, with oneDNN's
+                                   format, is a second, packed copy of the Linear weights while it is kept.
   prepare_for_inference(model, ..) GPT2.for_inference: converts the model itself, in place (dtype, int8,
-                                   prepacking): no second copy, but the model can no longer train or save.
+                                   fast Linears): no second copy, but the model can no longer train or save.
 """
 import copy
+import functools
 import sys
+import time
 import weakref
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from gpt2_llm import machine_cache
 from gpt2_llm.errors import UserError
 
 QUANTIZE_CHOICES = ("int8",)
 
 
+# Up to this many rows (tokens decoded together: one per sequence of a batch) the compiled matrix-vector loops
+# run the Linear layers; more rows (a prompt's prefill) are a matrix product, which PyTorch's GEMM does best.
+MATVEC_MAX_ROWS = 16
+
+
+def load_matvec_kernels():
+    """gpt2_llm.matvec_kernels, imported on first use; None where numba is not installed."""
+    global _matvec_kernels
+    if _matvec_kernels is None:
+        try:
+            from gpt2_llm import matvec_kernels  # imports numba; compiles nothing until a kernel's first call
+        except ImportError as e:
+            if e.name not in ("numba", "llvmlite"):
+                raise
+            matvec_kernels = False
+        if matvec_kernels and not all(_is_cached(kernel) for kernel in (matvec_kernels.matvec_int8,
+                                                                         matvec_kernels.matvec_fp32)):
+            # No silent stall: the first decode on a machine compiles each kernel it uses (~2 s each).
+            print("gpt2-llm: compiling the decoding kernels for this CPU (once per machine, a few seconds)",
+                  file=sys.stderr, flush=True)
+        _matvec_kernels = matvec_kernels
+    return _matvec_kernels or None
+
+
+def _is_cached(kernel) -> bool:
+    """Whether numba's disk cache holds compiled code for this kernel (its index file lists an entry)."""
+    try:
+        return len(kernel._cache._cache_file._load_index()) > 0
+    except (AttributeError, OSError):  # another numba's internals, or no cache folder: assume it compiles
+        return False
+
+
+_matvec_kernels = None
+
+
+def _matvec(kernel, rows: torch.Tensor, out_features: int, *arrays) -> torch.Tensor:
+    """Run a compiled matvec kernel on rows (M, K) -> (M, out_features) fp32, on torch's thread count."""
+    numba = sys.modules["numba"]  # imported by load_matvec_kernels
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    if numba.get_num_threads() != threads:
+        numba.set_num_threads(threads)
+    out = torch.empty(rows.size(0), out_features)
+    kernel(rows.float().contiguous().numpy(), *arrays, out.numpy())
+    return out
+
+
 class Int8Linear(nn.Module):
-    """nn.Linear with per-output-channel symmetric int8 weights; y = (x @ q.T) * scales + bias."""
+    """nn.Linear with per-output-channel symmetric int8 weights; y = (x @ q.T) * scales + bias.
+
+    A few rows (decoding) go through the compiled matvec_int8; a prompt's many rows through one GEMM on the
+    dequantized weights: the same function either way, to fp32 rounding. Its numbers are fixed once quantized,
+    so the fp32 scales and bias are plain tensors (a later model.to(dtype) leaves them, and the int8 weight, be).
+    """
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         weight = linear.weight.detach().float()  # quantize from full precision, whatever the model's dtype
-        scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127  # (out,): max |w| of a row maps to 127
-        self.register_buffer("weight", torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8))
-        # The kernel wants scales in the activations' dtype; model.to(dtype) converts them with the rest.
-        self.register_buffer("scales", scales.to(linear.weight.dtype))
-        self.bias = linear.bias
-        self.out_features = linear.out_features
+        self.scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127  # (out,): max |w| of a row maps to 127
+        self.register_buffer("weight", torch.round(weight / self.scales[:, None]).clamp(-127, 127).to(torch.int8))
+        self.bias = linear.bias.detach().float().clone() if linear.bias is not None else torch.zeros(
+            linear.out_features)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self._arrays = (self.weight.numpy(), self.scales.numpy(), self.bias.numpy())  # the kernel's views
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The kernel takes 2-D input with unit stride along features, which reshape keeps.
-        y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)), self.weight, self.scales)
-        if self.bias is not None:
-            y += self.bias  # y is a fresh tensor: add in place, no second allocation
-        return y.view(*x.shape[:-1], self.out_features)  # (..., in) -> (..., out)
+        rows = x.reshape(-1, self.in_features)
+        kernels = load_matvec_kernels()
+        if kernels is not None and rows.size(0) <= MATVEC_MAX_ROWS:
+            y = _matvec(kernels.matvec_int8, rows, self.out_features, *self._arrays)
+        else:
+            y = torch.addmm(self.bias, rows.float(), (self.weight.float() * self.scales[:, None]).T)
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)  # (..., in) -> (..., out)
+
+
+class MatvecLinear(nn.Module):
+    """nn.Linear in fp32 whose few-row products run the compiled matvec_fp32 (see MATVEC_MAX_ROWS), over the
+    model's own weight tensor: no second copy, unlike PackedLinear."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight = linear.weight.detach()  # plain attributes: the model's tensors, not new state
+        self.bias = linear.bias.detach() if linear.bias is not None else torch.zeros(linear.out_features)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self._arrays = (self.weight.numpy(), self.bias.numpy())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if rows.size(0) <= MATVEC_MAX_ROWS:
+            y = _matvec(load_matvec_kernels().matvec_fp32, rows, self.out_features, *self._arrays)
+        else:
+            y = torch.addmm(self.bias, rows, self.weight.T)
+        return y.view(*x.shape[:-1], self.out_features)
 
 
 class PackedLinear(nn.Module):
@@ -95,11 +174,71 @@ def swap_linears(model: nn.Module, make) -> nn.Module:
     return model
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Weight-only int8 for every Linear layer, in place; see Int8Linear."""
-    if not hasattr(torch, "_weight_int8pack_mm"):
-        raise UserError("this PyTorch has no torch._weight_int8pack_mm; int8 decoding needs PyTorch >= 2.4")
-    return swap_linears(model, Int8Linear)
+class KernelChoice(NamedTuple):
+    name: str | None  # None: not available here, and the caller falls back
+    reason: str  # one line for the user
+
+
+def int8_kernel(device: torch.device) -> KernelChoice:
+    """Whether int8 decoding runs fast here: Int8Linear's compiled matvec on a CPU with numba; elsewhere it would
+    decode slower than fp32, so callers fall back to fp32 and say why.
+
+    PyTorch's own weight-only kernel (torch._weight_int8pack_mm) is fast only with bf16 activations on a CPU that
+    runs bf16 natively: without AVX512-BF16 it decoded GPT-2 small slower than fp32 (bench/RESULTS.md).
+    """
+    if device.type != "cpu":
+        return KernelChoice(None, "int8: implemented for CPU decoding; on a GPU decode in bf16/fp16 instead")
+    if load_matvec_kernels() is None:
+        return KernelChoice(None, "int8: needs numba (pip install numba) for its compiled kernel; without it int8 "
+                                  "decodes slower than fp32, so decoding stays fp32")
+    return KernelChoice("matvec", "int8: weight-only int8 (a quarter of fp32's bytes), compiled matvec for decoding, "
+                                  "fp32 GEMM for prompts")
+
+
+@functools.lru_cache(maxsize=None)
+def fp32_decode_kernel() -> KernelChoice:
+    """Which fp32 Linear decodes faster on this CPU, measured once per machine (and cached on disk): the compiled
+    matvec (MatvecLinear) or oneDNN's prepacked gemv (PackedLinear). The winner differs between CPUs: oneDNN's
+    was 1.5-2x PyTorch's plain kernel on a Zen 4, and 3-8x slower than the matvec on a Zen 3."""
+    packed = can_prepack(torch.float32)
+    if load_matvec_kernels() is None:
+        return KernelChoice("packed" if packed else None, "fp32: oneDNN's prepacked gemv (numba not installed)")
+    if not packed:
+        return KernelChoice("matvec", "fp32: compiled matvec (no oneDNN prepacking in this PyTorch)")
+    winner, figures = machine_cache.remember("fp32_decode_kernel", _race_fp32_kernels)
+    return KernelChoice(winner, f"fp32: {'compiled matvec' if winner == 'matvec' else 'oneDNN prepacked gemv'}, "
+                                f"the faster here ({figures})")
+
+
+def _race_fp32_kernels():
+    """-> ('matvec' or 'packed', 'matvec 0.61 ms, oneDNN 0.95 ms per 768x3072'): one token through 8 layers of
+    GPT-2 small's MLP shape (75 MB, more than a CPU's cache, as a model's weights are), each kernel at its best
+    of 5 passes."""
+    torch.manual_seed(0)
+    linears = [nn.Linear(768, 3072) for _ in range(8)]
+    x = torch.randn(1, 768)
+    times = {}
+    for name, make in (("matvec", MatvecLinear), ("packed", PackedLinear)):
+        layers = [make(linear) for linear in linears]
+        layers[0](x)  # compile / pick the kernel
+        times[name] = min(_seconds_per_layer(layers, x) for _ in range(5))
+        del layers
+    winner = min(times, key=times.get)
+    return winner, f"matvec {times['matvec'] * 1e3:.2f} ms, oneDNN {times['packed'] * 1e3:.2f} ms per 768x3072"
+
+
+def _seconds_per_layer(layers, x):
+    start = time.perf_counter()
+    for layer in layers:
+        layer(x)
+    return (time.perf_counter() - start) / len(layers)
+
+
+def fast_linear(dtype: torch.dtype):
+    """The Linear replacement that decodes fastest in dtype on this CPU, or None (keep nn.Linear)."""
+    if dtype == torch.float32:
+        return {"matvec": MatvecLinear, "packed": PackedLinear}.get(fp32_decode_kernel().name)
+    return PackedLinear if can_prepack(dtype) else None
 
 
 @torch.no_grad()
@@ -107,19 +246,21 @@ def prepare_for_inference(model: nn.Module, device: torch.device, dtype: torch.d
     """Move model to device and dtype and swap its Linear layers for the fastest form there, in place.
 
     dtype casts the weights themselves (not autocast per op): bf16 halves the bytes each token reads.
-    int8 quantizes from the fp32 weights before the cast, then runs its activations in dtype
-    (PyTorch's CPU int8 kernel is fast with bf16 activations, several times slower with fp32).
+    int8 quantizes from the fp32 weights with int8_kernel's choice; where there is none (a GPU raises, an x86
+    CPU without AVX2 keeps dtype's prepacked weights) the caller reports int8_kernel(device).reason.
     """
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise UserError(f"unknown quantization {quantize!r}; use one of {', '.join(QUANTIZE_CHOICES)}")
     if quantize == "int8" and device.type != "cpu":
         raise UserError("--quantize int8 is implemented for CPU decoding; leave it out on a GPU (or use --device cpu)")
+    int8 = quantize == "int8" and int8_kernel(device).name is not None
     model.eval()
-    if quantize == "int8":
-        model = quantize_int8(model.float())
+    if int8:
+        swap_linears(model.float(), Int8Linear)
     model = model.to(device=device, dtype=dtype)
-    if quantize is None and device.type == "cpu" and can_prepack(dtype):
-        swap_linears(model, PackedLinear)
+    linear = fast_linear(dtype) if device.type == "cpu" and not int8 else None
+    if linear is not None:
+        swap_linears(model, linear)
     return model
 
 
@@ -141,16 +282,18 @@ def decoding_model(model: nn.Module) -> nn.Module:
     device = weight.device
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
     has_linears = any(type(m) is nn.Linear for m in model.modules())  # none after prepare_for_inference
-    if device.type != "cpu" or not has_linears or dtype not in (torch.float32, torch.bfloat16) \
-            or not can_prepack(dtype):
+    if device.type != "cpu" or not has_linears or dtype not in (torch.float32, torch.bfloat16):
         return model  # GPUs decode with the model as it is (under the caller's autocast, if any)
+    linear = fast_linear(dtype)
+    if linear is None:
+        return model
     key = tuple((p.data_ptr(), p._version) for p in model.parameters())
     copies = _DECODING_COPIES.setdefault(model, {})
     if dtype in copies and copies[dtype][0] == key:
         return copies[dtype][1]
     copies.pop(dtype, None)  # free the stale copy before packing the new one
     with torch.no_grad():
-        decoder = _packed_copy(model, dtype).eval()
+        decoder = _decoding_copy(model, dtype, linear).eval()
     copies[dtype] = (key, decoder)
     return decoder
 
@@ -170,13 +313,14 @@ def forget_decoding_model(model: nn.Module) -> None:
     _DECODING_COPIES.pop(model, None)
 
 
-def _packed_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """A copy of the module tree whose nn.Linear layers are PackedLinear in dtype and whose other
-    floating-point parameters are module's own (or, in another dtype, converted copies)."""
+def _decoding_copy(module: nn.Module, dtype: torch.dtype, linear) -> nn.Module:
+    """A copy of the module tree whose nn.Linear layers are linear(layer) (fast_linear's class) in dtype and whose
+    other floating-point parameters are module's own (or, in another dtype, converted copies)."""
     if type(module) is nn.Linear:
-        return PackedLinear(module, dtype)
+        return PackedLinear(module, dtype) if linear is PackedLinear else linear(module)
     clone = copy.copy(module)  # a new object over the same attribute values ...
-    clone._modules = {name: _packed_copy(child, dtype) for name, child in module._modules.items()}  # ... own children
+    clone._modules = {name: _decoding_copy(child, dtype, linear)
+                      for name, child in module._modules.items()}  # ... own children
     clone._parameters = {name: p if p is None or p.dtype == dtype or not p.is_floating_point()
                          else nn.Parameter(p.detach().to(dtype), requires_grad=False)
                          for name, p in module._parameters.items()}

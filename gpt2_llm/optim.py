@@ -16,6 +16,7 @@ from torch import nn
 from torch.optim._muon import _adjust_lr  # Muon's per-shape lr; torch is pinned (requirements.txt)
 
 from gpt2_llm.config import OPTIMIZERS
+from gpt2_llm.device import has_fast_bf16
 from gpt2_llm.errors import UserError
 
 WARMUP_TIME_FRACTION = 0.1  # with --max-time, warmup takes at most this share of the time
@@ -55,7 +56,11 @@ def make_optimizer(name: str, model: nn.Module, learning_rate: float, weight_dec
                         "(LoRA adapters train with adamw)")
     # "match_rms_adamw" scales each matrix's orthogonal update to the RMS an AdamW update has (0.2 sqrt(max(A, B))),
     # so that Muon takes AdamW's learning rate and weight decay as they are (Moonshot, "Muon is Scalable").
-    muon = BatchedMuon(hidden_matrices, lr=learning_rate, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+    # Newton-Schulz in bf16 as torch.optim.Muon runs it, where bf16 is native; elsewhere bf16 matmuls are emulated
+    # (3x slower than fp32 with AVX-512, 10x and more without it) and fp32 is both faster and closer.
+    ns_dtype = torch.bfloat16 if has_fast_bf16(torch.device(device_type)) else torch.float32
+    muon = BatchedMuon(hidden_matrices, lr=learning_rate, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw",
+                       ns_dtype=ns_dtype)
     return MuonWithAdamW(muon, make_adamw(model, learning_rate, weight_decay, betas, device_type,
                                           leave_out=hidden_matrices))
 
@@ -67,16 +72,17 @@ def make_optimizer(name: str, model: nn.Module, learning_rate: float, weight_dec
 BATCH_MAX_ELEMENTS = 1 << 17
 
 
-def orthogonalize(updates: torch.Tensor, coefficients, steps: int, eps: float) -> torch.Tensor:
+def orthogonalize(updates: torch.Tensor, coefficients, steps: int, eps: float,
+                  dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """torch.optim.Muon's Newton-Schulz iteration, for one matrix (A, B) or a stack of same-shape ones (k, A, B).
 
-    In bf16, on the wide orientation (so the Gram matrix is the small one), each matrix scaled by its
+    In dtype (torch's: bf16), on the wide orientation (so the Gram matrix is the small one), each matrix scaled by its
     own Frobenius norm first; X <- a X + (b G + c G^2) X with G = X X^T. The same operations as the
     per-matrix version, so the results are equal bit for bit (a test checks it).
     """
     a, b, c = coefficients
     multiply_add = torch.baddbmm if updates.dim() == 3 else torch.addmm  # beta * input + alpha * (m1 @ m2)
-    x = updates.bfloat16()
+    x = updates.to(dtype)
     tall = updates.size(-2) > updates.size(-1)
     if tall:
         x = x.mT
@@ -91,7 +97,13 @@ class BatchedMuon(torch.optim.Muon):
     """torch.optim.Muon with the same hyperparameters, state and results, whose step handles the matrices
     of one shape together: the elementwise updates as one foreach call, and small matrices' orthogonalization
     as one batched Newton-Schulz (see BATCH_MAX_ELEMENTS). Checkpoints are interchangeable with torch.optim.Muon's.
+
+    ns_dtype: the Newton-Schulz iteration's precision; torch's bf16 by default (then the results equal torch's).
     """
+
+    def __init__(self, params, *args, ns_dtype: torch.dtype = torch.bfloat16, **kwargs):
+        super().__init__(params, *args, **kwargs)
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -119,7 +131,7 @@ class BatchedMuon(torch.optim.Muon):
             buffers.append(state["momentum_buffer"])
         torch._foreach_lerp_(buffers, grads, 1 - momentum)
         updates = torch._foreach_lerp(grads, buffers, momentum) if group["nesterov"] else buffers
-        ns = (group["ns_coefficients"], group["ns_steps"], group["eps"])
+        ns = (group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype)
         if shape.numel() <= BATCH_MAX_ELEMENTS:
             orthogonal = orthogonalize(torch.stack(updates), *ns).unbind(0)
         else:

@@ -24,7 +24,7 @@ from gpt2_llm import checkpoint, distributed, loading, train_checkpoint
 from gpt2_llm.config import DEFAULT_MODEL, DEFAULT_PRESET, PRESET_TABLE, TrainingConfig
 from gpt2_llm.data import TokenDataset, token_byte_lengths
 from gpt2_llm.token_cache import load_tokens
-from gpt2_llm.device import autocast, dtype_name, pick_device, pick_dtype
+from gpt2_llm.device import Precision, autocast, choose_dtype, dtype_name, has_fast_bf16, pick_device
 from gpt2_llm.errors import UserError
 from gpt2_llm.gpt2 import GPT2
 from gpt2_llm.metrics import MetricsLog, bits_per_byte
@@ -71,7 +71,8 @@ class Trainer:
             self.device = pick_device(config.device)
         else:
             self.device = distributed.device_for(distributed_context, config.device)
-        self.dtype = pick_dtype(config.dtype, self.device)
+        self.precision = choose_dtype(config.dtype, self.device)  # printed with the plan when training starts
+        self.dtype = self.precision.dtype
         config.dtype = dtype_name(self.dtype)  # a resumed run keeps the precision it started with
         self.is_main_process = distributed_context is None or distributed_context.is_main_process
         self.world_size = 1 if distributed_context is None else distributed_context.world_size
@@ -140,6 +141,12 @@ class Trainer:
                       settings.pop("learning_rate"), **settings)
         if "training" in metadata:
             trainer.restore(tensors, metadata)
+        if "dtype" in saved and "dtype" not in options:
+            name = saved["dtype"]
+            slow = name == "bf16" and not has_fast_bf16(trainer.device)
+            trainer.precision = Precision(trainer.dtype, f"{name}: the resumed run's precision" + (
+                f" (emulated on this {trainer.device.type}: --dtype fp32 is faster)" if slow else
+                "; --dtype overrides"))
         changed = [f"{key} {saved[key]!r} -> {value!r}" for key, value in trainer.config.run_settings().items()
                    if key in saved and key in options and saved[key] != value]
         if changed:
@@ -335,6 +342,7 @@ class Trainer:
             f"of {config.batch_size}x{config.grad_accum}x{config.context_length} tokens"
             + (f" x {self.world_size} processes" if self.distributed is not None else "") + f"; {self.plan_summary()}"
         )
+        self.say(f"Precision {self.precision.reason}")
 
     def plan_summary(self) -> str:
         """'planned steps 0..500', 'planned steps 0..500, at most 60s' or 'steps from 0 for 60s'."""

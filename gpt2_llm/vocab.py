@@ -22,6 +22,9 @@ MAX_DISTINCT_CHUNKS = 1_000_000
 # Corpora of at least this many bytes are counted by compiled code where numba is installed (bpe.ChunkCounts): ~5x
 # faster than Python's ~6 MB/s per core, once loading numba (~0.3 s) is paid.
 COMPILED_COUNTING_MIN_BYTES = 1 << 22
+# learn_vocab in Python, counting on 2 cores and then training: the 5 MB Shakespeare corpus in ~3 s. On a machine's
+# first run, bpe.load_kernels weighs it against compiling the kernels.
+PYTHON_LEARNING_BYTES_PER_SECOND = 1_600_000
 # A worker's counts of one piece are its memory: 4 MB pieces keep them small (the parent merges them fast).
 COUNTING_PIECE_BYTES = 4 << 20
 GPT2_FILES = ("vocab.json", "merges.txt")  # OpenAI's encoder.json and vocab.bpe under Hugging Face's names
@@ -65,8 +68,11 @@ def learn_vocab(inputs, vocab_path, vocab_size=None, sample_bytes=None, text_fie
     else:
         what = corpus.describe(sources) if len(sources) > 1 else f"{total:,} bytes"
     start = time.perf_counter()
+    num_bytes = sum(p.size for p in pieces)
     # the counts, compiled where it pays (loaded here: the forked workers inherit it), else in Counters
-    counts = compiled_chunk_counts() if sum(p.size for p in pieces) >= COMPILED_COUNTING_MIN_BYTES else None
+    counts = None
+    if num_bytes >= COMPILED_COUNTING_MIN_BYTES:
+        counts = compiled_chunk_counts(num_bytes / PYTHON_LEARNING_BYTES_PER_SECOND)
     counts, dropped = Counter() if counts is None else counts, 0  # (not `or`: empty counts are falsy)
     counting = text_field, isinstance(counts, Counter)
     for piece_counts in corpus.map_pieces(count_piece, pieces, counting, desc="Counting", progress=progress):

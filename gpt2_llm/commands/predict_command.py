@@ -50,7 +50,7 @@ def add_arguments(name, parser):
                        help="a LoRA adapter file (what `finetune` writes) to apply to the model (default model: the "
                             "base the adapter was trained on); it is merged into the weights, so generation runs "
                             "at the base model's speed")
-    where.add_argument("--dtype", default=None, help="fp32 or bf16 weights (default: fp32; bf16 with --quantize)")
+    where.add_argument("--dtype", default=None, help="fp32 or bf16 weights (default: fp32; `main.py info` says which decodes faster here)")
     where.add_argument("--quantize", default=None, metavar="int8",
                        help="int8: weight-only int8 Linear layers, ~4x fewer bytes per token than fp32 (CPU)")
     where.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
@@ -66,6 +66,7 @@ def run(args):
     from gpt2_llm.commands.common import apply_adapter, load_adapter_file, load_model_and_vocab, recorded_base
     from gpt2_llm.lora import merge_lora
     from gpt2_llm.device import DTYPES, pick_device
+    from gpt2_llm.inference import int8_kernel
 
     device = pick_device(args.device)
     adapter = load_adapter_file(args.adapter) if args.adapter else None  # a wrong file fails before the model loads
@@ -75,6 +76,8 @@ def run(args):
     model, bpe = load_model_and_vocab(model_path, args.vocab, pretrained)
     if adapter is not None:
         model = merge_lora(apply_adapter(model, bpe, args.adapter, *adapter))
+    if options["quantize"] and int8_kernel(device).name is None and device.type == "cpu":
+        print(f"note: {int8_kernel(device).reason}", file=sys.stderr)  # it falls back to fp32 weights
     start = time.perf_counter()
     model = model.for_inference(DTYPES[options["dtype"]], options["quantize"], device)
     options["prepare_seconds"] = time.perf_counter() - start
@@ -172,7 +175,7 @@ def parse_options(args) -> dict:
         raise UserError(f"--quantize {args.quantize}: the one quantization is int8")
     if args.dtype is not None and args.dtype not in DTYPE_NAMES:
         raise UserError(f"--dtype {args.dtype}: use fp32 or bf16")
-    dtype_name = args.dtype or ("bf16" if args.quantize else "fp32")
+    dtype_name = args.dtype or "fp32"
     if any(stop == "" for stop in args.stop):
         raise UserError("--stop needs a non-empty string")
     return {

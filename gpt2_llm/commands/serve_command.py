@@ -30,7 +30,7 @@ def add_arguments(name, parser):
                        help="a Hugging Face GPT-2 directory instead of a checkpoint and vocab")
     where.add_argument("--adapter", metavar="FILE", default=None,
                        help="a LoRA adapter file to merge into the model (default model: the base it was trained on)")
-    where.add_argument("--dtype", default=None, help="fp32 or bf16 weights (default: fp32; bf16 with --quantize)")
+    where.add_argument("--dtype", default=None, help="fp32 or bf16 weights (default: fp32; `main.py info` says which decodes faster here)")
     where.add_argument("--quantize", default=None, metavar="int8", help="int8: weight-only int8 Linear layers (CPU)")
     where.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
     server = parser.add_argument_group("server")
@@ -136,5 +136,5 @@ def parse_options(args) -> dict:
         "port": parse_number(args.port, "--port", int, low=1, high=65535),
         "max_batch": parse_number(args.max_batch, "--max-batch", int, low=1, high=MAX_BATCH),
         "max_queue": parse_number(args.max_queue, "--max-queue", int, low=0, high=MAX_QUEUE),
-        "dtype": args.dtype or ("bf16" if args.quantize else "fp32"),
+        "dtype": args.dtype or "fp32",
     }

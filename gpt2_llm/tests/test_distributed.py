@@ -89,24 +89,34 @@ def test_one_process_checkpoint_resumes_in_two(corpus, single, strategy):
 
 def test_muon_in_two_processes_matches_one_and_resumes_in_one(corpus, tmp_path):
     """DDP + Muon: every rank orthogonalizes the same all-reduced gradients, so the ranks stay equal and match
-    one process with the doubled batch. Muon's Newton-Schulz runs in bf16, which turns the all-reduce's float
-    reordering into differences of ~1% of an update (not AdamW's 1e-5): the check is that the two runs differ by
-    under 5% of how far two more steps move the weights (ranks training on their own halves: ~70%)."""
-    muon = [*MICRO_RUN, "--optimizer", "muon", "--grad-accum", "2"]
-    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    train(corpus, "--max-steps", "3", "--batch-size", "8", "--save", one, shape=muon)
-    out = train(corpus, "--max-steps", "3", "--batch-size", "4", "--save", two, processes=2, shape=muon)
+    one process with the doubled batch. Newton-Schulz amplifies the all-reduce's float reordering, how much
+    depends on the CPU (bf16 where it is native, fp32 elsewhere), so the tolerance is measured in the test: the
+    noise floor is one process summing the same 16 rows in another order (4 micro-batches of 4 instead of 2 of
+    8). Ranks training on their own halves differ by ~70% of what two more steps move the weights."""
+    muon = [*MICRO_RUN, "--optimizer", "muon"]
+    one, two, reordered = tmp_path / "one.pt", tmp_path / "two.pt", tmp_path / "reordered.pt"
+    train(corpus, "--max-steps", "3", "--batch-size", "8", "--grad-accum", "2", "--save", one, shape=muon)
+    train(corpus, "--max-steps", "3", "--batch-size", "4", "--grad-accum", "4", "--save", reordered, shape=muon)
+    out = train(corpus, "--max-steps", "3", "--batch-size", "4", "--grad-accum", "2", "--save", two, processes=2,
+                shape=muon)
     assert out.count("Done at step 3") == 1
-    after_3 = {path: weights(path)[0] for path in (one, two)}
-    train(corpus, one, "--max-steps", "2", "--batch-size", "8", shape=MICRO_RUN)
-    train(corpus, two, "--max-steps", "2", "--batch-size", "8", shape=MICRO_RUN)  # Muon: from the checkpoint
-    after_5 = {path: weights(path)[0] for path in (one, two)}
+    runs = (one, two, reordered)
+    after_3 = {path: weights(path)[0] for path in runs}
+    for path in runs:  # on in one process from each checkpoint (Muon's state included)
+        train(corpus, path, "--max-steps", "2", "--batch-size", "8", "--grad-accum", "2", shape=MICRO_RUN)
+    after_5 = {path: weights(path)[0] for path in runs}
     matrices = [key for key, value in after_3[one].items() if key.startswith("decoder.") and value.dim() == 2]
     assert matrices
-    for key in matrices:
-        two_steps = (after_5[one][key] - after_3[one][key]).norm()
-        for after in (after_3, after_5):
-            assert (after[two][key] - after[one][key]).norm() < 0.05 * two_steps, key
+
+    def worst(after, path):  # the largest difference from the one-process run, in units of two steps' move
+        return max(((after[path][key] - after[one][key]).norm() / (after_5[one][key] - after_3[one][key]).norm())
+                   .item() for key in matrices)
+
+    for after in (after_3, after_5):
+        noise_floor = worst(after, reordered)
+        tolerance = 5 * noise_floor + 0.01
+        assert tolerance < 0.35, f"noise floor {noise_floor:.3f}: too noisy to tell a missing all-reduce apart"
+        assert worst(after, two) < tolerance, f"DDP {worst(after, two):.4f}, noise floor {noise_floor:.4f}"
 
 
 def test_fsdp_without_torchrun_is_a_clear_error(corpus):

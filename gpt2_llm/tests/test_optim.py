@@ -86,6 +86,22 @@ def test_muon_takes_the_decoders_matrices_and_adamw_the_rest():
     assert len(optimizer.param_groups) == 3  # muon's, then adamw's decayed and not decayed
 
 
+@pytest.mark.parametrize("native_bf16, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_muon_orthogonalizes_in_bf16_only_where_bf16_is_native(monkeypatch, native_bf16, expected):
+    """torch.optim.Muon's bf16 Newton-Schulz where the CPU runs bf16; fp32 where bf16 would be emulated (39x slower
+    at the quick preset's shapes on an AVX2 CPU, bench/precision.py), with the same update to bf16's rounding."""
+    monkeypatch.setattr(optim, "has_fast_bf16", lambda device: native_bf16)
+    model = GPT2(vocab_size=50, embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8)
+    muon = make_optimizer("muon", model, 1e-3).optimizers[0]
+    assert muon.ns_dtype == expected
+    torch.manual_seed(0)
+    update = torch.randn(3, 16, 48)
+    coefficients, steps, eps = muon.param_groups[0]["ns_coefficients"], muon.param_groups[0]["ns_steps"], 1e-7
+    fp32, bf16 = (optim.orthogonalize(update, coefficients, steps, eps, dtype)
+                  for dtype in (torch.float32, torch.bfloat16))
+    assert fp32.dtype == torch.float32 and (fp32 - bf16.float()).norm() < 0.05 * bf16.float().norm()
+
+
 def test_muon_with_adamw_state_round_trips_through_checkpoint_tensors():
     torch.manual_seed(0)
     model = GPT2(vocab_size=50, embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8)

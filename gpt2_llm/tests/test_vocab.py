@@ -1,10 +1,14 @@
 """vocab.py's learn_vocab: a vocabulary learned from a streamed corpus equals the in-memory trainer's."""
+import os
+import signal
 import subprocess
 import sys
 from collections import Counter
+from contextlib import suppress
 
 import pytest
 
+import bpe as bpe_module
 from bpe import BPE, compiled_chunk_counts, count_chunks
 from gpt2_llm.errors import UserError
 from gpt2_llm.tests.conftest import MAIN, REPO
@@ -85,6 +89,26 @@ def test_tokenize_command_takes_several_inputs(corpus, tmp_path):
                              "--vocab-size", "300", "-o", str(tmp_path / "v.txt")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Learned 300 tokens from 2 files")
+
+
+def test_the_first_tokenize_on_a_machine_says_the_kernels_compile_and_learns_the_same_vocab(tmp_path):
+    # numba's disk cache empty: the 5 MB corpus is learned in Python, faster than compiling the kernels would be,
+    # while a background process compiles them; one line on stderr says so. The vocab is the compiled path's.
+    cache, text = tmp_path / "cache", REPO / "data" / "shakespeare.txt"
+    command = [sys.executable, MAIN, "tokenize", str(text), "--vocab-size", "2000", "-o", str(tmp_path / "first.txt")]
+    try:
+        result = subprocess.run(command, env=dict(os.environ, NUMBA_CACHE_DIR=str(cache)), capture_output=True,
+                                text=True)
+    finally:
+        for lock in cache.glob(f"*/{bpe_module._LOCK}"):  # stop the background compile: it would hold a core
+            with suppress(ProcessLookupError, ValueError):
+                os.kill(int(lock.read_text()), signal.SIGTERM)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("Compiling the tokenizer's kernels in the background (once per machine")
+    assert len(result.stderr.splitlines()) == 1
+    learned_here = learn_vocab([text], tmp_path / "here.txt", 2000, log=lambda m: None, progress=False)
+    first = BPE(str(tmp_path / "first.txt"))
+    assert first.load() and first.fingerprint() == learned_here.fingerprint()
 
 
 def test_past_the_cap_the_rarest_chunks_are_dropped(corpus, tmp_path, small_pieces, monkeypatch, counting):
