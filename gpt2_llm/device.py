@@ -42,7 +42,7 @@ def pick_device(name: str | None = None) -> torch.device:
 
 
 # CPU instruction sets that run bf16 matmuls natively: x86's AVX512-BF16 and AMX, ARM's BF16 extension. Where
-# oneDNN finds none of them but has AVX-512 it still reports bf16 "supported" and emulates it, ~3x slower than fp32.
+# oneDNN finds none of them but has AVX-512 it still reports bf16 "supported" and emulates it, slower than fp32.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
 
 
@@ -72,11 +72,14 @@ def choose_dtype(name: str | None, device: torch.device, capabilities: Mapping |
     if name is not None:
         if name not in DTYPES:
             raise UserError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
-        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if name == "bf16" and device.type == "cuda" and not _cuda_has_bf16(device):
             return Precision(torch.float16, "fp16: --dtype bf16 asked, but this GPU has no bf16; fp16 with loss scaling")
-        return Precision(DTYPES[name], f"{name}: asked for with --dtype")
+        emulated = name == "bf16" and device.type == "cpu" and choose_dtype(None, device, capabilities).dtype != \
+            torch.bfloat16
+        return Precision(DTYPES[name], f"{name}: asked for with --dtype" + (
+            " (this CPU emulates bf16: slower than fp32)" if emulated else ""))
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
+        if _cuda_has_bf16(device):
             return Precision(torch.bfloat16, "bf16: this GPU runs bf16 natively; --dtype fp32 forces full precision")
         return Precision(torch.float16, "fp16: this GPU has no bf16 (fp16 with loss scaling); --dtype fp32 forces "
                                         "full precision")
@@ -91,6 +94,11 @@ def choose_dtype(name: str | None, device: torch.device, capabilities: Mapping |
         return Precision(torch.float32, "fp32: this CPU emulates bf16 (AVX-512 without AVX512-BF16/AMX); "
                                         "--dtype bf16 forces it")
     return Precision(torch.float32, "fp32: this CPU has no bf16 instructions; --dtype bf16 forces it (emulated)")
+
+
+def _cuda_has_bf16(device: torch.device) -> bool:
+    """Native bf16 on this GPU (Ampere, compute capability 8.0, and later); older ones only emulate it."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:

@@ -10,7 +10,7 @@ weights stream from memory. The formats, each replacing nn.Linear modules:
                 through one GEMM on the dequantized weights.
   MatvecLinear  fp32 weights (the model's own tensors) through the compiled matvec_fp32 for a few rows.
   PackedLinear  fp32/bf16 weights in oneDNN's blocked layout, whose gemv reads them near memory bandwidth
-                on some CPUs (a Zen 4) and far below it on others (a Zen 3): fp32_decode_kernel measures
+                on some CPUs and below it on others: fp32_decode_kernel measures
                 which of it and MatvecLinear is faster, once per machine; bf16 is always PackedLinear
                 where oneDNN has bf16 kernels (matvec_kernels has none).
 
@@ -51,15 +51,8 @@ def load_matvec_kernels():
     if _matvec_kernels is None:
         try:
             from gpt2_llm import matvec_kernels  # imports numba; compiles nothing until a kernel's first call
-        except ImportError as e:
-            if e.name not in ("numba", "llvmlite"):
-                raise
+        except ImportError:  # numba missing, or one that cannot load (say, built for another numpy): no kernels
             matvec_kernels = False
-        if matvec_kernels and not all(_is_cached(kernel) for kernel in (matvec_kernels.matvec_int8,
-                                                                         matvec_kernels.matvec_fp32)):
-            # No silent stall: the first decode on a machine compiles each kernel it uses (~2 s each).
-            print("gpt2-llm: compiling the decoding kernels for this CPU (once per machine, a few seconds)",
-                  file=sys.stderr, flush=True)
         _matvec_kernels = matvec_kernels
     return _matvec_kernels or None
 
@@ -76,14 +69,26 @@ _matvec_kernels = None
 
 
 def _matvec(kernel, rows: torch.Tensor, out_features: int, *arrays) -> torch.Tensor:
-    """Run a compiled matvec kernel on rows (M, K) -> (M, out_features) fp32, on torch's thread count."""
+    """Run a compiled matvec kernel on rows (M, K) -> (M, out_features) fp32, on torch's thread count.
+
+    numba runs it on its OpenMP threads, the same libgomp team torch uses here. A process that forks after this
+    must not run these kernels in the child (GNU OpenMP is not fork-safe); the project's forked workers only encode.
+    """
+    if kernel not in _checked_kernels:
+        _checked_kernels.add(kernel)
+        if not _is_cached(kernel):  # no silent stall: a machine's first decode compiles the kernel it uses
+            print("gpt2-llm: compiling a decoding kernel for this CPU (once per machine, ~2 s)", file=sys.stderr,
+                  flush=True)
     numba = sys.modules["numba"]  # imported by load_matvec_kernels
     threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
     if numba.get_num_threads() != threads:
         numba.set_num_threads(threads)
     out = torch.empty(rows.size(0), out_features)
-    kernel(rows.float().contiguous().numpy(), *arrays, out.numpy())
+    kernel(rows.detach().float().contiguous().numpy(), *arrays, out.numpy())
     return out
+
+
+_checked_kernels: set = set()  # kernels whose disk cache this process has looked at
 
 
 class Int8Linear(nn.Module):
@@ -120,7 +125,7 @@ class MatvecLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
-        self.weight = linear.weight.detach()  # plain attributes: the model's tensors, not new state
+        self.weight = linear.weight.detach().contiguous()  # plain attributes: the model's tensors, not new state
         self.bias = linear.bias.detach() if linear.bias is not None else torch.zeros(linear.out_features)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self._arrays = (self.weight.numpy(), self.bias.numpy())
@@ -190,7 +195,7 @@ def int8_kernel(device: torch.device) -> KernelChoice:
         return KernelChoice(None, "int8: implemented for CPU decoding; on a GPU decode in bf16/fp16 instead")
     if load_matvec_kernels() is None:
         return KernelChoice(None, "int8: needs numba (pip install numba) for its compiled kernel; without it int8 "
-                                  "decodes slower than fp32, so decoding stays fp32")
+                                  "decodes slower than fp32, so the weights stay unquantized")
     return KernelChoice("matvec", "int8: weight-only int8 (a quarter of fp32's bytes), compiled matvec for decoding, "
                                   "fp32 GEMM for prompts")
 
@@ -198,8 +203,8 @@ def int8_kernel(device: torch.device) -> KernelChoice:
 @functools.lru_cache(maxsize=None)
 def fp32_decode_kernel() -> KernelChoice:
     """Which fp32 Linear decodes faster on this CPU, measured once per machine (and cached on disk): the compiled
-    matvec (MatvecLinear) or oneDNN's prepacked gemv (PackedLinear). The winner differs between CPUs: oneDNN's
-    was 1.5-2x PyTorch's plain kernel on a Zen 4, and 3-8x slower than the matvec on a Zen 3."""
+    matvec (MatvecLinear) or oneDNN's prepacked gemv (PackedLinear). The winner differs between CPUs (measured
+    figures: bench/RESULTS.md)."""
     packed = can_prepack(torch.float32)
     if load_matvec_kernels() is None:
         return KernelChoice("packed" if packed else None, "fp32: oneDNN's prepacked gemv (numba not installed)")
@@ -214,9 +219,10 @@ def _race_fp32_kernels():
     """-> ('matvec' or 'packed', 'matvec 0.61 ms, oneDNN 0.95 ms per 768x3072'): one token through 8 layers of
     GPT-2 small's MLP shape (75 MB, more than a CPU's cache, as a model's weights are), each kernel at its best
     of 5 passes."""
-    torch.manual_seed(0)
-    linears = [nn.Linear(768, 3072) for _ in range(8)]
-    x = torch.randn(1, 768)
+    with torch.random.fork_rng():  # the user's random stream is theirs: a first decode must not move it
+        torch.manual_seed(0)
+        linears = [nn.Linear(768, 3072) for _ in range(8)]
+        x = torch.randn(1, 768)
     times = {}
     for name, make in (("matvec", MatvecLinear), ("packed", PackedLinear)):
         layers = [make(linear) for linear in linears]
@@ -246,8 +252,8 @@ def prepare_for_inference(model: nn.Module, device: torch.device, dtype: torch.d
     """Move model to device and dtype and swap its Linear layers for the fastest form there, in place.
 
     dtype casts the weights themselves (not autocast per op): bf16 halves the bytes each token reads.
-    int8 quantizes from the fp32 weights with int8_kernel's choice; where there is none (a GPU raises, an x86
-    CPU without AVX2 keeps dtype's prepacked weights) the caller reports int8_kernel(device).reason.
+    int8 quantizes from the fp32 weights into Int8Linear; where int8_kernel says it would not be fast (no numba),
+    the weights stay in dtype and the caller reports int8_kernel(device).reason; on a GPU int8 is a UserError.
     """
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise UserError(f"unknown quantization {quantize!r}; use one of {', '.join(QUANTIZE_CHOICES)}")

@@ -28,14 +28,16 @@ def cache_folder() -> str:
 
 
 def machine_key() -> str:
-    """'AMD EPYC (x86_64, family 25 model 1) avx2 fma3 torch 2.13.0+cpu numba 0.68.1'"""
+    """'AMD EPYC (x86_64, family 25 model 1) avx2 fma3, 2 threads, torch 2.13.0+cpu numba 0.68.1': which kernel
+    wins depends on the threads sharing the memory bandwidth too."""
     from gpt2_llm.hardware import cpu_model, isa_flags
 
     try:
         numba = importlib.metadata.version("numba")
     except importlib.metadata.PackageNotFoundError:
         numba = "none"
-    return f"{cpu_model()} {' '.join(isa_flags())} torch {torch.__version__} numba {numba}"
+    return f"{cpu_model()} {' '.join(isa_flags())}, {torch.get_num_threads()} threads, torch {torch.__version__} " \
+           f"numba {numba}"
 
 
 def remember(name: str, measure):
@@ -63,15 +65,3 @@ def remember(name: str, measure):
             pass
     _measured_here[key] = value
     return value
-
-
-def entries() -> dict:
-    """Everything remembered for this machine: {'fp32_decode_kernel': [...], ...} (for `info`)."""
-    prefix = f"{machine_key()}: "
-    try:
-        with open(os.path.join(cache_folder(), "machine.json"), encoding="utf-8") as f:
-            stored = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return {key[len(prefix):]: value for key, value in stored.items() if key.startswith(prefix)} if isinstance(
-        stored, dict) else {}

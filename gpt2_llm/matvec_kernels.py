@@ -5,7 +5,8 @@ Why they exist: decoding one token multiplies one row by every weight matrix, so
 the weights from memory. These loops do nothing else: each thread takes a block of output rows, reads each weight
 row once for all the input rows, and sums in fp32 (an int8 weight becomes an fp32 one in a register: a quarter of
 the bytes, the same arithmetic as dequantizing first). PyTorch's general kernels pay per call for blocking and
-packing meant for big matrices; on a 2-core Zen 3 these ran 3-8x faster at GPT-2's shapes (bench/RESULTS.md).
+packing meant for big matrices, and have no fast int8-weight, fp32-activation product without native bf16
+(figures: bench/RESULTS.md).
 
     >>> out = np.empty((1, 3072), np.float32)
     >>> matvec_int8(x, weight_int8, scales, bias, out)   # x (1, 768) fp32 -> out (1, 3072)

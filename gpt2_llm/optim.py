@@ -56,8 +56,8 @@ def make_optimizer(name: str, model: nn.Module, learning_rate: float, weight_dec
                         "(LoRA adapters train with adamw)")
     # "match_rms_adamw" scales each matrix's orthogonal update to the RMS an AdamW update has (0.2 sqrt(max(A, B))),
     # so that Muon takes AdamW's learning rate and weight decay as they are (Moonshot, "Muon is Scalable").
-    # Newton-Schulz in bf16 as torch.optim.Muon runs it, where bf16 is native; elsewhere bf16 matmuls are emulated
-    # (3x slower than fp32 with AVX-512, 10x and more without it) and fp32 is both faster and closer.
+    # Newton-Schulz in bf16 as torch.optim.Muon runs it, where bf16 is native; elsewhere bf16 matmuls are emulated,
+    # many times slower than fp32 (bench/RESULTS.md), and fp32 is both faster and closer.
     ns_dtype = torch.bfloat16 if has_fast_bf16(torch.device(device_type)) else torch.float32
     muon = BatchedMuon(hidden_matrices, lr=learning_rate, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw",
                        ns_dtype=ns_dtype)
@@ -98,7 +98,8 @@ class BatchedMuon(torch.optim.Muon):
     of one shape together: the elementwise updates as one foreach call, and small matrices' orthogonalization
     as one batched Newton-Schulz (see BATCH_MAX_ELEMENTS). Checkpoints are interchangeable with torch.optim.Muon's.
 
-    ns_dtype: the Newton-Schulz iteration's precision; torch's bf16 by default (then the results equal torch's).
+    ns_dtype: the Newton-Schulz iteration's precision; torch's bf16 by default, with which the results equal torch's
+    bit for bit (fp32 gives the same update to bf16's rounding).
     """
 
     def __init__(self, params, *args, ns_dtype: torch.dtype = torch.bfloat16, **kwargs):

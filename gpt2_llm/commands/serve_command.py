@@ -30,7 +30,7 @@ def add_arguments(name, parser):
                        help="a Hugging Face GPT-2 directory instead of a checkpoint and vocab")
     where.add_argument("--adapter", metavar="FILE", default=None,
                        help="a LoRA adapter file to merge into the model (default model: the base it was trained on)")
-    where.add_argument("--dtype", default=None, help="fp32 or bf16 weights (default: fp32; `main.py info` says which decodes faster here)")
+    where.add_argument("--dtype", default=None, help="fp32 or bf16 weights (default: fp32, the numbers transformers computes; bf16 reads half the bytes)")
     where.add_argument("--quantize", default=None, metavar="int8", help="int8: weight-only int8 Linear layers (CPU)")
     where.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
     server = parser.add_argument_group("server")
@@ -56,6 +56,7 @@ def run(args):
                         "pip install -r requirements-serve.txt") from None
     from gpt2_llm.commands.common import load_model_and_vocab
     from gpt2_llm.device import DTYPES, pick_device
+    from gpt2_llm.inference import int8_kernel
     from gpt2_llm.serving.api import create_app
     from gpt2_llm.serving.batch_decoder import prepare_for_batches
     from gpt2_llm.serving.engine import Engine
@@ -64,6 +65,8 @@ def run(args):
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     device = pick_device(args.device)
+    if args.quantize and device.type == "cpu" and int8_kernel(device).name is None:
+        print(f"note: {int8_kernel(device).reason}", file=sys.stderr)  # it serves unquantized weights instead
     listener = listen(options["host"], options["port"])  # a taken port fails before the slow model load
     model, bpe = load_model_and_vocab(args.model, args.vocab, args.pretrained, args.adapter)
     model = prepare_for_batches(model, device, DTYPES[options["dtype"]], args.quantize, options["max_batch"])

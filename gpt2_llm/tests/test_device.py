@@ -38,6 +38,7 @@ def test_cpu_training_takes_bf16_only_where_the_cpu_runs_it_natively(flags, expe
 def test_dtype_flag_forces_any_precision_on_any_cpu(flags, name, expected):
     precision = choose_dtype(name, CPU, flags)
     assert precision.dtype == expected and "--dtype" in precision.reason
+    assert ("emulates" in precision.reason) == (name == "bf16" and "avx512_bf16" not in flags)  # forced, but warned
 
 
 def test_the_cpu_choice_reads_this_machines_flags(monkeypatch):
@@ -47,9 +48,13 @@ def test_the_cpu_choice_reads_this_machines_flags(monkeypatch):
     assert pick_dtype(None, CPU) == torch.bfloat16 and device_module.has_fast_bf16(CPU)
 
 
-@pytest.mark.parametrize("bf16, expected", [(True, torch.bfloat16), (False, torch.float16)], ids=["ampere", "turing"])
-def test_cuda_takes_bf16_where_the_gpu_has_it_else_fp16(monkeypatch, bf16, expected):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+@pytest.mark.parametrize("capability, expected", [((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16),
+                                                  ((7, 5), torch.float16), ((7, 0), torch.float16)],
+                         ids=["ampere", "hopper", "turing", "volta"])
+def test_cuda_takes_bf16_where_the_gpu_has_it_natively_else_fp16(monkeypatch, capability, expected):
+    """torch.cuda.is_bf16_supported() also says yes where a T4 or V100 emulates bf16: the choice reads the GPU's
+    compute capability instead."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args, **kwargs: capability)
     assert choose_dtype(None, CUDA).dtype == expected
     assert choose_dtype("bf16", CUDA).dtype == expected  # a bf16 request on a GPU without it: fp16 + loss scaling
     assert choose_dtype("fp32", CUDA).dtype == torch.float32

@@ -8,6 +8,7 @@ the standard deviation of the fp32 logits, teacher-forced over 2 x 48 positions:
 Prepacked fp32 computes the same function: within 1e-4 of plain fp32.
 """
 import copy
+import json
 
 import pytest
 import torch
@@ -73,8 +74,9 @@ def test_the_fp32_decode_kernel_is_measured_once_per_machine(tmp_path, monkeypat
     try:
         choice = fp32_decode_kernel()
         assert choice.name in ("matvec", "packed") and "ms per 768x3072" in choice.reason
-        remembered = machine_cache.entries()["fp32_decode_kernel"]
-        assert remembered[0] == choice.name
+        with open(tmp_path / "machine.json", encoding="utf-8") as f:
+            remembered = json.load(f)
+        assert [value[0] for key, value in remembered.items() if key.endswith(": fp32_decode_kernel")] == [choice.name]
         fp32_decode_kernel.cache_clear()
         monkeypatch.setattr(machine_cache, "_measured_here", {})
         monkeypatch.setattr("gpt2_llm.inference._race_fp32_kernels", lambda: pytest.fail("measured twice"))
@@ -167,6 +169,28 @@ def test_reduced_precision_logits_stay_close_to_fp32(dtype, quantize, max_error,
     assert error.max() <= max_error and error.mean() <= mean_error
     agreement = (logits.argmax(-1) == reference.argmax(-1)).float().mean()
     assert agreement >= 0.9
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_a_converted_model_runs_outside_no_grad(quantize):
+    """for_inference's model may be called directly, as a plain module is, with autograd on."""
+    model = prepare_for_inference(wide_model(), CPU, torch.float32, quantize)
+    assert model(tokens()[:1, :8]).shape == (1, 8, 512)
+
+
+def test_a_first_decode_leaves_the_users_random_stream_alone(tmp_path, monkeypatch):
+    """Racing the fp32 kernels (a machine's first decode) draws its own numbers, not the caller's."""
+    monkeypatch.setenv("GPT2_LLM_CACHE", str(tmp_path))
+    monkeypatch.setattr(machine_cache, "_measured_here", {})
+    fp32_decode_kernel.cache_clear()
+    try:
+        torch.manual_seed(42)
+        expected = torch.rand(3)
+        torch.manual_seed(42)
+        fp32_decode_kernel()
+        assert torch.equal(torch.rand(3), expected)
+    finally:
+        fp32_decode_kernel.cache_clear()
 
 
 def test_int8_swaps_every_linear_and_the_head_keeps_its_own_copy():

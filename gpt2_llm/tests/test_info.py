@@ -28,6 +28,6 @@ def test_info_names_the_machine_and_every_choice_with_its_reason():
 def test_info_runs_without_numba():
     rows = run_info("--no-peak", "--device", "cpu", block=("numba", "llvmlite"))
     assert rows["tokenizer"].endswith("numba not installed")
-    assert "needs numba" in rows["int8"] and "stays fp32" in rows["int8"]  # int8 says it would not be fast
+    assert "needs numba" in rows["int8"] and "stay unquantized" in rows["int8"]  # int8 says it would not be fast
     assert "numba not installed" in rows["decoding"] or "oneDNN" in rows["decoding"]
     assert "matmul peak" not in rows

@@ -88,8 +88,8 @@ def test_muon_takes_the_decoders_matrices_and_adamw_the_rest():
 
 @pytest.mark.parametrize("native_bf16, expected", [(True, torch.bfloat16), (False, torch.float32)])
 def test_muon_orthogonalizes_in_bf16_only_where_bf16_is_native(monkeypatch, native_bf16, expected):
-    """torch.optim.Muon's bf16 Newton-Schulz where the CPU runs bf16; fp32 where bf16 would be emulated (39x slower
-    at the quick preset's shapes on an AVX2 CPU, bench/precision.py), with the same update to bf16's rounding."""
+    """torch.optim.Muon's bf16 Newton-Schulz where the CPU runs bf16; fp32 where bf16 would be emulated (many times
+    slower: bench/precision.py), with the same update to bf16's rounding."""
     monkeypatch.setattr(optim, "has_fast_bf16", lambda device: native_bf16)
     model = GPT2(vocab_size=50, embedding_dim=16, num_layers=2, num_heads=2, max_seq_len=8)
     muon = make_optimizer("muon", model, 1e-3).optimizers[0]
