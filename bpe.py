@@ -315,8 +315,11 @@ def _cache_marker():
         return None
     sources = hashlib.sha256()
     for name in ("bpe_kernels.py", "bpe_training_kernels.py"):
-        with open(os.path.join(_kernels_folder(), name), "rb") as f:
+        path = os.path.join(_kernels_folder(), name)
+        with open(path, "rb") as f:
             sources.update(f.read())
+        stat = os.stat(path)  # numba keys its cache by the source's time and size: a fresh checkout recompiles
+        sources.update(f"{stat.st_mtime}:{stat.st_size}".encode())
     return {"numba": numba_version, "python": list(sys.version_info[:2]), "sources": sources.hexdigest(),
             "cpu": _cpu_description()}
 
