@@ -12,9 +12,9 @@ what makes caching chunk -> ids and splitting big files across processes exact.
 
 The file reads top to bottom in three parts, split the way minbpe splits its tokenizer:
   1. the core: the pre-split, training, encoding and decoding, the vocab file, and the class BPE that ties them;
-     big texts are encoded by a compiled copy of the same encoding (gpt2_llm/bpe_kernels.py, numba) when installed,
+     big texts are encoded by a compiled copy of the same encoding (gpt2_llm/tokenizer/kernels.py, numba) when installed,
      and big corpora counted and trained by compiled copies of count_chunks and train_merges
-     (gpt2_llm/bpe_training_kernels.py); the Python forms stay the reference the tests compare them with;
+     (gpt2_llm/tokenizer/training_kernels.py); the Python forms stay the reference the tests compare them with;
   2. OpenAI's GPT-2 files: BPE.from_gpt2 reads encoder.json and vocab.bpe into the same vocab;
   3. the parallel file encoder: BPE.encode_file cuts a big file where cutting changes nothing and uses every core.
 At the end: the project's user-error type and file helpers, which live here because this is the lowest layer (the
@@ -41,6 +41,9 @@ from operator import methodcaller
 import numpy as np
 import regex
 from tqdm import tqdm
+
+from gpt2_llm.errors import UserError
+from gpt2_llm.files import atomic_write, read_text_file
 
 try:
     import fcntl
@@ -213,7 +216,7 @@ class _ChunkCache(dict):
 
 
 # ---- the compiled path: the same encoding, at C speed ----
-# Big texts are encoded by gpt2_llm/bpe_kernels.py: numba-compiled code that does on the text's UTF-8 bytes what the
+# Big texts are encoded by gpt2_llm/tokenizer/kernels.py: numba-compiled code that does on the text's UTF-8 bytes what the
 # Python above does (the ASCII pre-split, the whole-token lookup, merge_by_rank_fast, a chunk cache), with `regex`
 # still pre-splitting the stretches around non-ASCII characters here. test_bpe proves it gives the same ids as the
 # Python path, which stays the reference, and the path taken where numba is not installed.
@@ -225,13 +228,13 @@ class _ChunkCache(dict):
 _COMPILED_PAYS_CHARS = 1 << 22
 _COMPILED_MIN_CHARS = 1 << 10  # shorter texts stay in Python: a warm chunk cache beats a call's fixed cost
 _PYTHON_ENCODE_CHARS_PER_SECOND = 3_500_000  # the Python path, cold, on English (the compiled one: ~40 M)
-_kernels = None  # gpt2_llm.bpe_kernels once imported; False where numba is missing
+_kernels = None  # gpt2_llm.tokenizer.kernels once imported; False where numba is missing
 _python_chars = 0  # characters of texts of at least _COMPILED_MIN_CHARS encoded in Python so far
 _utf8 = methodcaller("encode", "utf-8", "surrogatepass")
 
 
 def load_kernels(python_seconds=float("inf")):
-    """The compiled kernels (gpt2_llm.bpe_kernels), imported on first use; None where numba is not installed, and
+    """The compiled kernels (gpt2_llm.tokenizer.kernels), imported on first use; None where numba is not installed, and
     None while they are not compiled for this machine yet and the job at hand would take Python only python_seconds,
     less than compiling them: they then compile in the background for the next runs (see the next section)."""
     global _kernels
@@ -245,7 +248,7 @@ def load_kernels(python_seconds=float("inf")):
                 return None
             compile_kernels()
         try:
-            from gpt2_llm import bpe_kernels as _kernels
+            from gpt2_llm.tokenizer import kernels as _kernels
         except ModuleNotFoundError as e:
             if e.name not in ("numba", "llvmlite"):
                 raise
@@ -314,7 +317,7 @@ def _cache_marker():
     except metadata.PackageNotFoundError:
         return None
     sources = hashlib.sha256()
-    for name in ("bpe_kernels.py", "bpe_training_kernels.py"):
+    for name in ("kernels.py", "training_kernels.py"):
         path = os.path.join(_kernels_folder(), name)
         with open(path, "rb") as f:
             sources.update(f.read())
@@ -325,10 +328,10 @@ def _cache_marker():
 
 
 def _kernels_folder():
-    """The folder of the kernel modules (gpt2_llm/), found without importing the package."""
+    """The folder of the kernel modules (gpt2_llm/tokenizer/), found without importing the package."""
     from importlib.util import find_spec
 
-    return find_spec("gpt2_llm").submodule_search_locations[0]
+    return os.path.join(find_spec("gpt2_llm").submodule_search_locations[0], "tokenizer")
 
 
 def _cpu_description():
@@ -346,8 +349,8 @@ def _cpu_description():
 
 def kernel_cache_folder():
     """The folder numba caches the kernels in: the first writable of NUMBA_CACHE_DIR, __pycache__ beside the kernel
-    modules, numba's user cache folder, and the temp folder that gpt2_llm/bpe_kernels.py falls back to (numba's own
-    order, which tests check against numba). kernel_cache_folder() -> ".../gpt2_llm/__pycache__" """
+    modules, numba's user cache folder, and the temp folder that gpt2_llm/tokenizer/kernels.py falls back to (numba's own
+    order, which tests check against numba). kernel_cache_folder() -> ".../gpt2_llm/tokenizer/__pycache__" """
     folder = _kernels_folder()
     # numba names a cache folder outside the source tree after the source folder's name and a hash of its path
     subfolder = f"{os.path.basename(folder)}_{hashlib.sha1(folder.encode()).hexdigest()}"
@@ -482,8 +485,8 @@ def compile_in_this_process(groups, write_marker=False):
     if write_marker:
         with suppress(OSError, AttributeError):
             os.nice(10)  # leave the cores to the run that started it
-    from gpt2_llm import bpe_kernels as _kernels
-    from gpt2_llm import bpe_training_kernels
+    from gpt2_llm.tokenizer import kernels as _kernels
+    from gpt2_llm.tokenizer import training_kernels
 
     text, chunk_counts = "Hi hi, héllo 42!\n", {"hi": 2, " hi": 1}
     if "encode" in groups:
@@ -491,14 +494,14 @@ def compile_in_this_process(groups, write_marker=False):
         bpe._build(range(256), [(104, 105)])
         bpe._encode(text, (), _kernels)
     if "count" in groups:
-        counts, more = ChunkCounts(bpe_training_kernels), ChunkCounts(bpe_training_kernels)
+        counts, more = ChunkCounts(training_kernels), ChunkCounts(training_kernels)
         counts.add_text(text)
         more.add_text(text)
         counts.update(more)
         counts.select(counts.values() > 1)
     if "train" in groups:
-        train_merges_compiled(chunk_counts, 1, bpe_training_kernels)
-    for kernel in (_kernels.encode_utf8, bpe_training_kernels.count_utf8, bpe_training_kernels.train_merges):
+        train_merges_compiled(chunk_counts, 1, training_kernels)
+    for kernel in (_kernels.encode_utf8, training_kernels.count_utf8, training_kernels.train_merges):
         if kernel.stats.cache_path != kernel_cache_folder():  # then kernels_cache_status would look in vain
             raise RuntimeError(f"numba caches in {kernel.stats.cache_path}, not in {kernel_cache_folder()}")
     if write_marker:
@@ -636,23 +639,23 @@ def train_merges(chunk_counts, num_merges, verbose=True):
     return merges
 
 
-# The compiled training (gpt2_llm/bpe_training_kernels.py) learns train_merges' merges, in the same order, ~10x faster
+# The compiled training (gpt2_llm/tokenizer/training_kernels.py) learns train_merges' merges, in the same order, ~10x faster
 # and in a fraction of the memory: flat arrays instead of a list of ints per chunk and dicts of tuples. test_bpe proves
 # the merges equal. Loading numba costs ~0.3 s, what Python spends training on a few thousand distinct chunks, so
 # smaller trainings (tests, create_vocab on a short text) stay in Python, as do all where numba is not installed.
-# It also counts chunks (ChunkCounts, below), for corpora big enough to pay numba's load: gpt2_llm/vocab.py decides.
+# It also counts chunks (ChunkCounts, below), for corpora big enough to pay numba's load: gpt2_llm/tokenizer/vocab.py decides.
 _COMPILED_TRAINING_MIN_CHUNKS = 1 << 13
 _PYTHON_TRAINING_CHUNKS_PER_SECOND = 16_000  # train_merges to a vocab of ~10k (the 5 MB Shakespeare: 36k chunks)
 
 
 def load_training_kernels(python_seconds=float("inf")):
-    """gpt2_llm.bpe_training_kernels, imported on first use; None where numba is not installed, or while the kernels
+    """gpt2_llm.tokenizer.training_kernels, imported on first use; None where numba is not installed, or while the kernels
     compile for a job that Python ends in python_seconds (see load_kernels)."""
     if not load_kernels(python_seconds):
         return None
-    from gpt2_llm import bpe_training_kernels
+    from gpt2_llm.tokenizer import training_kernels
 
-    return bpe_training_kernels
+    return training_kernels
 
 
 def _training_kernels_for(num_chunks):
@@ -674,7 +677,7 @@ def learn_merges(chunk_counts, num_merges, verbose=True):
 
 
 def train_merges_compiled(chunk_counts, num_merges, kernels):
-    """train_merges' merges, learned by the compiled trainer `kernels` (gpt2_llm.bpe_training_kernels)."""
+    """train_merges' merges, learned by the compiled trainer `kernels` (gpt2_llm.tokenizer.training_kernels)."""
     return _merge_list(kernels.train_merges(*chunk_arrays(chunk_counts), num_merges))
 
 
@@ -702,9 +705,9 @@ def compiled_chunk_counts(python_seconds=float("inf")):
 
 
 class ChunkCounts:
-    """count_chunks' counts, counted by compiled code (gpt2_llm/bpe_training_kernels.py) into flat arrays: several
+    """count_chunks' counts, counted by compiled code (gpt2_llm/tokenizer/training_kernels.py) into flat arrays: several
     times faster, and ~40 bytes per distinct chunk plus its bytes instead of a Counter's ~150. For corpora too big to
-    count in Python (gpt2_llm/vocab.py's learn_vocab); only where numba is installed (compiled_chunk_counts).
+    count in Python (gpt2_llm/tokenizer/vocab.py's learn_vocab); only where numba is installed (compiled_chunk_counts).
     Pickles as its arrays, so a worker process can send it back. create_vocab_from_counts takes it as it is.
 
     counts = compiled_chunk_counts(); counts.add_text("the cat the")
@@ -1243,134 +1246,3 @@ def _init_worker(bpe, specials, dtype, compiled):
 def _encode_in_worker(piece):
     bpe, specials, dtype, kernels = _worker_state
     return np.asarray(bpe._encode(piece, specials, kernels), dtype=dtype)
-
-
-# ======================================================================================================================
-# Shared with the package: the user-error type and the file helpers
-# ======================================================================================================================
-# They live here, in the lowest layer, because the tokenizer needs them and must not import the gpt2_llm package.
-
-
-class UserError(Exception):
-    """A mistake the user can fix (a bad file, a bad id, a mismatched vocab); the message says what and how.
-
-    The one such exception type of the whole project. It is defined here, in the lowest layer, because the
-    tokenizer needs it and must not import the gpt2_llm package (which imports the tokenizer);
-    gpt2_llm.errors re-exports it. The CLI turns it into one line on stderr and exit code 2.
-    """
-
-
-def atomic_write(path, data, mode=0o644):
-    """Write a file so that readers see the old file or the new one, never half of one.
-
-    data: bytes, str (written as UTF-8), or a function that writes the file at the path it is given
-    (for writers that want a path: safetensors' save_file, np.save). The bytes go to a temp file
-    beside `path` (same filesystem), are fsynced, and os.replace puts them in place; on any failure
-    the temp file is removed and `path` is as it was. A temp file is named after the process that
-    writes it (`.name.<pid>.<random>.tmp`), so one left by a process that was killed -9 mid-write is
-    removed by the next write of the same file (those of live processes are left alone).
-
-        atomic_write("vocab.txt", "text")                  # str or bytes
-        atomic_write("m.safetensors", lambda tmp: save_file(tensors, tmp))
-    """
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
-    remove_stale_temp_files(folder, name)
-    fd, temp_path = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=folder)
-    try:
-        if callable(data):
-            os.close(fd)
-            data(temp_path)
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(temp_path, mode)  # mkstemp makes it owner-only (and some writers recreate the file)
-        with open(temp_path, "rb") as f:
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(temp_path, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temp_path)
-        raise
-    _fsync_folder(folder)
-
-
-def remove_stale_temp_files(folder, name):
-    """Delete `.name.<pid>.*.tmp` files in folder whose writing process no longer exists."""
-    prefix = f".{name}."
-    try:
-        candidates = [f for f in os.listdir(folder) if f.startswith(prefix) and f.endswith(".tmp")]
-    except OSError:
-        return
-    for candidate in candidates:
-        pid = candidate[len(prefix):].split(".", 1)[0]
-        if not pid.isdigit() or _process_exists(int(pid)):
-            continue
-        with suppress(OSError):
-            os.unlink(os.path.join(folder, candidate))
-
-
-def _process_exists(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # someone else's process, or a platform without signals: leave its file alone
-    return True
-
-
-def _fsync_folder(folder):
-    """Make the rename itself durable (POSIX); some platforms cannot open or fsync folders."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # e.g. filesystems that refuse fsync on folders: the rename still happened
-    finally:
-        os.close(fd)
-
-
-def read_text_file(path):
-    """Read a whole UTF-8 text file exactly (no newline translation), or raise UserError saying what is wrong.
-
-    read_text_file("windows.txt") -> "a\\r\\nb"  (newlines kept as they are in the file)
-    """
-    if not os.path.exists(path):
-        raise UserError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise UserError(f"{path} is a directory, expected a text file")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from e
-    if not data:
-        raise UserError(f"{path} is empty")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); convert it to UTF-8 first"
-        ) from e
-
-
-def parse_ids_json(text, vocab_size):
-    """Parse a JSON list of token ids for `decode`, checking each is an int in [0, vocab_size).
-
-    parse_ids_json("[15496, 995]", 50257) -> [15496, 995]
-    """
-    try:
-        ids = json.loads(text)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, an int of > 4300 digits, absurd nesting
-        detail = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
-        raise UserError(f"token ids are not valid JSON ({detail}); expected a list like [15496, 995]") from None
-    if not isinstance(ids, list) or not all(type(i) is int for i in ids):
-        raise UserError("token ids must be a JSON list of integers, like [15496, 995]")
-    bad = [i for i in ids if not 0 <= i < vocab_size]
-    if bad:
-        raise UserError(f"token id {bad[0]} is out of range: this vocab has ids 0..{vocab_size - 1}")
-    return ids

@@ -36,14 +36,14 @@ from bpe import (
     load_kernels,
     merge_by_rank,
     merge_by_rank_fast,
-    parse_ids_json,
-    read_text_file,
     split_for_workers,
     split_plain,
     train_merges,
     train_merges_compiled,
 )
+from gpt2_llm import files
 from gpt2_llm.errors import UserError
+from gpt2_llm.files import read_text_file
 
 KERNELS = load_kernels()  # the compiled path (numba); None where numba is missing, and its tests skip
 TRAINING_KERNELS = bpe_module.load_training_kernels()  # the compiled training, None likewise
@@ -466,9 +466,9 @@ def test_cache_status_needs_no_numba(tmp_path):
 def test_cache_folder_is_numbas(tmp_path, cache):
     # kernel_cache_folder finds, without numba, the folder numba's own cache locators pick for the kernels
     code = (
-        "import bpe; from gpt2_llm import bpe_kernels\n"
-        "assert bpe.kernel_cache_folder() == bpe_kernels.encode_utf8.stats.cache_path, "
-        "(bpe.kernel_cache_folder(), bpe_kernels.encode_utf8.stats.cache_path)"
+        "import bpe; from gpt2_llm.tokenizer import kernels\n"
+        "assert bpe.kernel_cache_folder() == kernels.encode_utf8.stats.cache_path, "
+        "(bpe.kernel_cache_folder(), kernels.encode_utf8.stats.cache_path)"
     )
     env, tree = dict(os.environ), HERE
     env.pop("NUMBA_CACHE_DIR", None)
@@ -476,7 +476,7 @@ def test_cache_folder_is_numbas(tmp_path, cache):
         env["NUMBA_CACHE_DIR"] = str(tmp_path)
     elif cache == "nowhere writable":
         # A copy of the tokenizer whose __pycache__ and user cache folder are files, not folders: numba can write
-        # in neither (as in a read-only install, even as root), so bpe_kernels picks a folder in the temp folder.
+        # in neither (as in a read-only install, even as root), so the kernels module picks a folder in the temp folder.
         tree = tmp_path / "tree"
         (tree / "gpt2_llm").mkdir(parents=True)
         for name in ("bpe.py", "gpt2_llm/__init__.py", "gpt2_llm/bpe_kernels.py"):
@@ -529,7 +529,7 @@ def test_a_big_first_job_compiles_the_kernels_first_and_says_so(tmp_path, corpus
 
 
 def test_kernels_import_only_numpy_and_numba():
-    code = "import sys, gpt2_llm.bpe_kernels; assert 'torch' not in sys.modules and 'bpe' not in sys.modules"
+    code = "import sys, gpt2_llm.tokenizer.kernels; assert 'torch' not in sys.modules and 'bpe' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=HERE, check=True)
 
 
@@ -583,7 +583,7 @@ def test_incremental_training_equals_naive_on_corpus(corpus):
     assert train_merges(counts, 60, verbose=False) == naive_train(counts, 60)
 
 
-# The compiled trainer (gpt2_llm/bpe_training_kernels.py) must learn train_merges' merges exactly: same pairs, same
+# The compiled trainer (gpt2_llm/tokenizer/training_kernels.py) must learn train_merges' merges exactly: same pairs, same
 # order, same tie-breaks, and the same shortfall when the pairs run out.
 
 def compiled_train(chunk_counts, num_merges):
@@ -711,8 +711,8 @@ def test_training_picks_the_compiled_trainer_only_when_it_pays():
 
 def test_training_kernels_import_only_numpy_numba_and_the_encoding_kernels():
     code = (
-        "import sys, gpt2_llm.bpe_training_kernels\n"
-        "assert 'torch' not in sys.modules and 'bpe' not in sys.modules and 'gpt2_llm.vocab' not in sys.modules"
+        "import sys, gpt2_llm.tokenizer.training_kernels\n"
+        "assert 'torch' not in sys.modules and 'bpe' not in sys.modules and 'gpt2_llm.tokenizer.vocab' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], cwd=HERE, check=True)
 
@@ -854,7 +854,7 @@ def test_atomic_save_keeps_old_file(trained, small_trained, tmp_path, monkeypatc
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(bpe_module.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)  # atomic_write's
     trained.vocab_path = str(path)
     with pytest.raises(OSError, match="disk full"):
         trained.save()
@@ -1033,68 +1033,12 @@ def test_encode_file_uses_uint32_for_big_vocabs(monkeypatch, tmp_path):
     assert bpe.encode_file(str(path)).dtype == np.uint32
 
 
-# ---- CLI helpers ----
-
-
-def test_read_text_file_errors(tmp_path):
-    (tmp_path / "empty.txt").write_bytes(b"")
-    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
-    (tmp_path / "crlf.txt").write_bytes(b"a\r\nb\r")
-    cases = {"missing.txt": "no such file", ".": "is a directory", "empty.txt": "is empty", "latin1.txt": "not UTF-8"}
-    for name, message in cases.items():
-        with pytest.raises(UserError, match=message):
-            read_text_file(str(tmp_path / name))
-    assert read_text_file(str(tmp_path / "crlf.txt")) == "a\r\nb\r"  # newlines kept exactly
-
-
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can read any file")
-def test_read_text_file_unreadable(tmp_path):
-    path = tmp_path / "secret.txt"
-    path.write_text("x")
-    path.chmod(0)
-    with pytest.raises(UserError, match="cannot read"):
-        read_text_file(str(path))
-
-
-def test_read_text_file_unreadable_even_as_root(tmp_path, monkeypatch):
-    # CI runs as root, which reads a chmod-000 file: refuse the open itself, as the OS does for other users.
-    path = tmp_path / "secret.txt"
-    path.write_text("x")
-
-    def refuse(file, *args, **kwargs):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), file)
-
-    monkeypatch.setattr(bpe_module, "open", refuse, raising=False)  # shadows the builtin inside bpe only
-    with pytest.raises(UserError, match=f"cannot read {regex.escape(str(path))}: {os.strerror(errno.EACCES)}"):
-        read_text_file(str(path))
-
-
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ("[1, 2", "not valid JSON"),
-        ('{"a": 1}', "list of integers"),
-        ('["1"]', "list of integers"),
-        ("[1.0]", "list of integers"),
-        ("[true]", "list of integers"),
-        ("[-1]", "out of range"),
-        ("[5, 100]", "out of range"),
-    ],
-)
-def test_parse_ids_json_errors(text, message):
-    with pytest.raises(UserError, match=message):
-        parse_ids_json(text, 100)
-
-
-def test_parse_ids_json_ok(gpt2):
-    ids = gpt2.encode("hello")
-    assert parse_ids_json(json.dumps(ids), gpt2.vocab_size) == ids
-    assert parse_ids_json("[]", 10) == []
-
-
-def test_bpe_imports_neither_torch_nor_the_package():
-    # torch: the tokenizer commands start fast; gpt2_llm: the package imports bpe, never the other way round.
-    code = "import sys, bpe; assert not {'torch', 'gpt2_llm'} & set(sys.modules), sorted(sys.modules)"
+def test_bpe_imports_no_torch_and_only_the_packages_lowest_layer():
+    # torch: the tokenizer commands start fast; of the package only errors.py and files.py, which import nothing of
+    # it, so that the package may import bpe without a circle.
+    code = ("import sys, bpe; assert 'torch' not in sys.modules; "
+            "ours = {m for m in sys.modules if m.startswith('gpt2_llm')}; "
+            "assert ours <= {'gpt2_llm', 'gpt2_llm.errors', 'gpt2_llm.files'}, sorted(ours)")
     subprocess.run([sys.executable, "-c", code], cwd=HERE, check=True)
 
 

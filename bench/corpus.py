@@ -35,7 +35,7 @@ import sysconfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from gpt2_llm.corpus import parse_size  # noqa: E402
+from gpt2_llm.data.corpus import parse_size  # noqa: E402
 
 CACHE = "/tmp/gpt2-llm-bench"
 SEED = 0

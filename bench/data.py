@@ -322,7 +322,7 @@ def main():
 
     print(machine_header(), flush=True)
     from bench.corpus import describe
-    from gpt2_llm.corpus import parse_size
+    from gpt2_llm.data.corpus import parse_size
 
     sizes = sorted(args.sizes.split(","), key=parse_size)
     print(f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; vocab {VOCAB_SIZE}; "

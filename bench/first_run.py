@@ -32,7 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from bpe import _LOCK, read_text_file  # noqa: E402
+from bpe import _LOCK
+from gpt2_llm.files import read_text_file  # noqa: E402
 from gpt2_llm.hardware import machine_header  # noqa: E402
 from quick_texts import gather  # noqa: E402  (bench/quick_texts.py)
 

@@ -123,7 +123,7 @@ def with_n_ctx(hf_config: dict) -> dict:
     """{"n_positions": 1024, ...} -> {"n_positions": 1024, ..., "n_ctx": 1024}.
 
     llama.cpp's GPT-2 converter reads the context length from n_ctx, the older GPT-2 key that OpenAI's
-    configs carry beside n_positions. Our exporter (hf_interop.write_hf_gpt2) does not write it, so the bench
+    configs carry beside n_positions. Our exporter (huggingface.write_hf_gpt2) does not write it, so the bench
     adds it to its own export; once the exporter writes it, this is a no-op.
     """
     return {**hf_config, "n_ctx": hf_config.get("n_ctx", hf_config["n_positions"])}

@@ -43,7 +43,7 @@ def newton_schulz_seconds(dtype, shapes, repeats=5):
     """Seconds of one optimizer step's Newton-Schulz over matrices of these shapes, as BatchedMuon runs them."""
     import torch
 
-    from gpt2_llm.optim import orthogonalize
+    from gpt2_llm.train.optim import orthogonalize
 
     stacks = [torch.randn(count, *shape) for shape, count in shapes.items()]
     coefficients, steps, eps = (3.4445, -4.7750, 2.0315), 5, 1e-7  # torch.optim.Muon's defaults
@@ -61,7 +61,7 @@ def batching_table(dtype):
     measurement behind optim.BATCH_MAX_ELEMENTS, on this CPU."""
     import torch
 
-    from gpt2_llm.optim import BATCH_MAX_ELEMENTS, orthogonalize
+    from gpt2_llm.train.optim import BATCH_MAX_ELEMENTS, orthogonalize
 
     coefficients, steps, eps = (3.4445, -4.7750, 2.0315), 5, 1e-7
     print(f"\nNewton-Schulz in {str(dtype).removeprefix('torch.')}, ms (best of 3): loop vs batched; "

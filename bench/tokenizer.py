@@ -11,7 +11,7 @@
      encode_file, all cores      vs  tiktoken encode_ordinary_batch with as many threads, on the same pieces
    COLD is the speed that counts: each trial is a fresh process with a freshly loaded tokenizer (empty chunk cache)
    encoding text it has never seen (loading the files is not timed; reading the text file is, for encode_file and
-   the batch alike). Our encode of big texts runs numba-compiled kernels (gpt2_llm/bpe_kernels.py): loading them
+   the batch alike). Our encode of big texts runs numba-compiled kernels (gpt2_llm/tokenizer/kernels.py): loading them
    (importing numba, loading the compiled code from numba's on-disk cache, building the vocab's tables) depends on
    no text, so like loading the files (and tiktoken's table building) it is part of loading the tokenizer and not
    in COLD; it is timed apart, and COLD+LOAD adds it: what the first encode of a fresh process pays. The disk cache

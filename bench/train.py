@@ -32,12 +32,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bpe import BPE  # noqa: E402
-from gpt2_llm.config import PRESET_TABLE  # noqa: E402
-from gpt2_llm.data import TokenDataset  # noqa: E402
+from gpt2_llm.train.config import PRESET_TABLE  # noqa: E402
+from gpt2_llm.data.dataset import TokenDataset  # noqa: E402
 from gpt2_llm.device import autocast, pick_device  # noqa: E402
 from gpt2_llm.gpt2 import GPT2  # noqa: E402
-from gpt2_llm.optim import make_adamw  # noqa: E402
-from gpt2_llm.trainer import Trainer  # noqa: E402
+from gpt2_llm.train.optim import make_adamw  # noqa: E402
+from gpt2_llm.train.trainer import Trainer  # noqa: E402
 
 VOCAB_SIZE = 8192
 TARGET_SPEEDUP = {"fp32": 0.0, "bf16": 1.35}  # issue 14's targets: trainer / HF (none set for fp32)

@@ -22,9 +22,10 @@ PATHS = ("plain", "fused")
 def one_path(path: str, context: int, batch: int, steps: int, optimizer_name: str) -> dict:
     import torch
 
-    from gpt2_llm.config import PRESETS
-    from gpt2_llm.gpt2 import GPT2, next_token_loss
-    from gpt2_llm.optim import make_optimizer
+    from gpt2_llm.train.config import PRESETS
+    from gpt2_llm.gpt2 import GPT2
+    from gpt2_llm.model.gpt2 import next_token_loss
+    from gpt2_llm.train.optim import make_optimizer
 
     torch.manual_seed(0)
     model = GPT2(vocab_size=50257, **{**PRESETS["gpt2"], "max_seq_len": context}).train()

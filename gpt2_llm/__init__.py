@@ -6,15 +6,15 @@ tokenizer and the CLI's tokenizer commands) does not pay for importing torch.
 import importlib
 
 _EXPORTS = {
-    "GPT2Config": "gpt2_llm.config",
-    "PRESETS": "gpt2_llm.config",
+    "GPT2Config": "gpt2_llm.model.config",
+    "PRESETS": "gpt2_llm.train.config",
     "GPT2": "gpt2_llm.gpt2",
-    "CausalSelfAttention": "gpt2_llm.attention",
-    "RotaryPositionEmbedding": "gpt2_llm.attention",
-    "GPT2Decoder": "gpt2_llm.decoder",
-    "DecoderBlock": "gpt2_llm.decoder",
-    "TokenEmbedding": "gpt2_llm.lookup_nn",
-    "Trainer": "gpt2_llm.trainer",
+    "CausalSelfAttention": "gpt2_llm.model.attention",
+    "RotaryPositionEmbedding": "gpt2_llm.model.attention",
+    "GPT2Decoder": "gpt2_llm.model.blocks",
+    "DecoderBlock": "gpt2_llm.model.blocks",
+    "TokenEmbedding": "gpt2_llm.model.embedding",
+    "Trainer": "gpt2_llm.train.trainer",
     "UserError": "gpt2_llm.errors",
 }
 

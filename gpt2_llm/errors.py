@@ -1,9 +1,12 @@
-"""The one exception type for mistakes a user can make (bad file, bad id, mismatched vocab).
+"""The one exception type for mistakes a user can make (a bad file, a bad id, a mismatched vocab).
 
-It is defined in bpe.py, the lowest layer (the tokenizer must not import this package), and
-re-exported here for the package. The CLI turns it into a single line on stderr and exit code 2;
-library callers can catch it.
+The CLI turns it into a single line on stderr and exit code 2; library callers can catch it. This module
+imports nothing, so every layer can use it (bpe.py and the model's config included).
 """
-from bpe import UserError
 
-__all__ = ["UserError"]
+
+class UserError(Exception):
+    """A mistake the user can fix (a bad file, a bad id, a mismatched vocab); the message says what and how.
+
+    The one such exception type of the whole project. The CLI turns it into one line on stderr and exit code 2.
+    """

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from bpe import atomic_write
+from gpt2_llm.files import atomic_write
 
 _measured_here: dict = {}  # this process's values: the fallback when the file cannot be written
 

@@ -23,8 +23,10 @@ def run(args):
 def load_model_info(path):
     """-> (GPT2Config, parameter count, metadata) without building the model; for a LoRA adapter file
     the config is its base's and the count the adapter's."""
-    from gpt2_llm import checkpoint, loading, lora
-    from gpt2_llm.config import GPT2Config
+    from gpt2_llm.checkpoints import checkpoint
+    from gpt2_llm.checkpoints import loading
+    from gpt2_llm.finetune import lora
+    from gpt2_llm.model.config import GPT2Config
 
     tensors, metadata = loading.read_model_files(path)
     if "adapter" in metadata:  # a LoRA adapter file: describe the base it adapts
@@ -38,7 +40,7 @@ def load_model_info(path):
 
 def report(checkpoint_path, vocab_path, out=print):
     """Print what the checkpoint and the vocabulary are and whether they fit -> 0 they do, 1 they do not."""
-    from gpt2_llm.vocab import load_vocab, vocab_problems
+    from gpt2_llm.tokenizer.vocab import load_vocab, vocab_problems
 
     out(RULE)
     out("Checkpoint and Vocabulary Diagnostic")

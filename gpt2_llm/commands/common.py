@@ -8,10 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from gpt2_llm.config import DEFAULT_MODEL, OPTIMIZERS
-from gpt2_llm.corpus import add_corpus_arguments
+from gpt2_llm.train.config import DEFAULT_MODEL, OPTIMIZERS
+from gpt2_llm.data.corpus import add_corpus_arguments
 from gpt2_llm.errors import UserError
-from gpt2_llm.vocab import DEFAULT_VOCAB, check_vocab, load_vocab
+from gpt2_llm.tokenizer.vocab import DEFAULT_VOCAB, check_vocab, load_vocab
 
 # flag -> TrainingConfig field, for flags that tune training rather than the model.
 TRAINING_FLAGS = {
@@ -107,7 +107,7 @@ def training_options(args, context) -> dict:
 
 def run_in_process_group(command, args):
     """command(args, context) inside torchrun's process group (context None in a plain process)."""
-    from gpt2_llm import distributed
+    from gpt2_llm.train import distributed
 
     context = distributed.start(args.device)
     try:
@@ -157,7 +157,7 @@ def load_model_and_vocab(model_path, vocab_path, pretrained, adapter_path=None):
     """-> (GPT2, BPE): a checkpoint + vocab file, or a Hugging Face directory (pretrained), with the LoRA
     adapter at adapter_path (if any) applied and merged into the weights. With an adapter and no model,
     the base is the one the adapter records."""
-    from gpt2_llm.lora import merge_lora
+    from gpt2_llm.finetune.lora import merge_lora
 
     model, bpe, _ = load_adapted_base(model_path, vocab_path, pretrained, adapter_path)
     return (model if adapter_path is None else merge_lora(model)), bpe
@@ -179,7 +179,8 @@ def load_adapted_base(base_path, vocab_path, pretrained, adapter_path=None, adap
 
 def load_base(base_path, vocab_path, pretrained):
     """-> (GPT2, BPE): a checkpoint + its vocab, or a Hugging Face directory, which is its own vocab."""
-    from gpt2_llm import loading
+    from gpt2_llm.checkpoints import loading
+    from gpt2_llm.gpt2 import GPT2
 
     if pretrained is not None:
         if base_path is not None:
@@ -196,14 +197,15 @@ def load_base(base_path, vocab_path, pretrained):
             raise UserError(f"model file {base_path} not found; train one with: python main.py train "
                             "(or pass a checkpoint path, or --pretrained DIR)")
     bpe = load_vocab(vocab_path or DEFAULT_VOCAB)  # first: a wrong vocab fails before the slow model load
-    model, metadata = loading.load_model(base_path)
+    model, metadata = loading.load_model(base_path, GPT2)
     check_vocab(bpe, metadata, model.config, base_path)
     return model, bpe
 
 
 def load_adapter_file(path):
     """-> (tensors, metadata) of a LoRA adapter file, refusing anything else with a clear message."""
-    from gpt2_llm import checkpoint, lora
+    from gpt2_llm.checkpoints import checkpoint
+    from gpt2_llm.finetune import lora
 
     tensors, metadata = checkpoint.load_checkpoint(path)
     lora.read_adapter_metadata(metadata, path)
@@ -213,7 +215,7 @@ def load_adapter_file(path):
 def apply_adapter(model, bpe, adapter_path, tensors=None, metadata=None):
     """Add the LoRA adapter at adapter_path (or its loaded tensors + metadata) to a freshly loaded base
     model, in place: refused for a base of another shape or another vocabulary, a note for other weights."""
-    from gpt2_llm import lora
+    from gpt2_llm.finetune import lora
 
     if tensors is None:
         tensors, metadata = load_adapter_file(adapter_path)
@@ -226,7 +228,7 @@ def apply_adapter(model, bpe, adapter_path, tensors=None, metadata=None):
 
 def recorded_base(metadata, adapter_path) -> tuple[str | None, str | None]:
     """(checkpoint, pretrained directory) of the base an adapter file says it was trained on."""
-    from gpt2_llm import lora
+    from gpt2_llm.finetune import lora
 
     recorded = lora.read_adapter_metadata(metadata, adapter_path).get("base") or {}
     checkpoint_path, pretrained = recorded.get("checkpoint"), recorded.get("pretrained")

@@ -16,9 +16,9 @@ import sys
 
 from bpe import FORMAT_HEADER
 from gpt2_llm.commands.predict_command import DTYPE_NAMES, parse_number
-from gpt2_llm.corpus import add_corpus_arguments
+from gpt2_llm.data.corpus import add_corpus_arguments
 from gpt2_llm.errors import UserError
-from gpt2_llm.vocab import DEFAULT_VOCAB, GPT2_FILES
+from gpt2_llm.tokenizer.vocab import DEFAULT_VOCAB, GPT2_FILES
 
 MAX_CONTEXT = 1024  # the default context is the model's, at most this (GPT-2's own)
 DEFAULT_BATCH_SIZE = 8
@@ -82,7 +82,7 @@ def run(args):
 
 def read_texts(texts, bpe, args) -> list:
     """(text argument, its TokenStream through the token cache) for each text, each checked to have a target."""
-    from gpt2_llm.token_cache import load_tokens
+    from gpt2_llm.data.token_cache import load_tokens
 
     streams = []
     for text in texts:
@@ -98,8 +98,8 @@ def score_model(model, label, streams, bpe, options, device, dtype) -> list[dict
     """One row per text (and a total row, text None, when there are several) for one model."""
     from tqdm import tqdm
 
-    from gpt2_llm.data import token_byte_lengths
-    from gpt2_llm.evaluation import count_targets, evaluate_tokens, summarize
+    from gpt2_llm.data.dataset import token_byte_lengths
+    from gpt2_llm.infer.evaluation import count_targets, evaluate_tokens, summarize
 
     context, stride = window_size(options, model.config.max_seq_len, label)
     byte_lengths = token_byte_lengths(bpe, model.config.vocab_size)

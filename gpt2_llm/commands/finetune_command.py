@@ -75,9 +75,9 @@ def finetune(args, context):
 
 def new_trainer(args, lora_flags, options):
     """A fresh fine-tuning run on --base or --pretrained: a new optimizer and schedule from step 0."""
-    from gpt2_llm import lora
-    from gpt2_llm.config import TrainingConfig
-    from gpt2_llm.trainer import Trainer
+    from gpt2_llm.finetune import lora
+    from gpt2_llm.train.config import TrainingConfig
+    from gpt2_llm.train.trainer import Trainer
 
     if args.base is None and args.pretrained is None:
         raise UserError("name the model to fine-tune: --base CHECKPOINT or --pretrained DIR")
@@ -97,9 +97,10 @@ def new_trainer(args, lora_flags, options):
 
 def resumed_trainer(args, lora_flags, options):
     """Continue a fine-tuning run from its adapter file (or, with --full, its whole checkpoint)."""
-    from gpt2_llm import checkpoint, lora
-    from gpt2_llm.trainer import Trainer
-    from gpt2_llm.vocab import load_vocab
+    from gpt2_llm.checkpoints import checkpoint
+    from gpt2_llm.finetune import lora
+    from gpt2_llm.train.trainer import Trainer
+    from gpt2_llm.tokenizer.vocab import load_vocab
 
     tensors, metadata = checkpoint.load_checkpoint(args.checkpoint)
     if "adapter" not in metadata:

@@ -30,17 +30,18 @@ def decoding_kernels(device, inference) -> str:
 
     if device.type != "cpu":
         return f"the model as it is, under {device.type} autocast"
-    bf16 = ("oneDNN prepacked" if inference.can_prepack(torch.bfloat16)
+    bf16 = ("oneDNN prepacked" if prepare.can_prepack(torch.bfloat16)
             else "plain PyTorch kernels (no oneDNN bf16 on this CPU)")
-    return f"{inference.fp32_decode_kernel().reason}; bf16: {bf16}"
+    return f"{prepare.fp32_decode_kernel().reason}; bf16: {bf16}"
 
 
 def run(args):
     import torch
 
     from bpe import kernels_cache_status
-    from gpt2_llm import hardware, inference
-    from gpt2_llm.attention import attention_kernel
+    from gpt2_llm import hardware
+    from gpt2_llm.infer import prepare
+    from gpt2_llm.model.attention import attention_kernel
     from gpt2_llm.device import choose_dtype, pick_device
 
     device = pick_device(args.device)
@@ -53,7 +54,7 @@ def run(args):
         ("device", f"{device} (CUDA GPU: {cuda}; MPS: {'yes' if torch.backends.mps.is_available() else 'no'})"),
         ("training", choose_dtype(None, device).reason),
         ("decoding", decoding_kernels(device, inference)),
-        ("int8", inference.int8_kernel(device).reason),
+        ("int8", prepare.int8_kernel(device).reason),
         ("attention", ", ".join(f"{name} {attention_kernel(torch.empty(1, 1, 1, 64, dtype=dtype, device=device), 256)}"
                                 for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)))
                       + " (at 256 keys)"),

@@ -33,7 +33,7 @@ def add_arguments(name, parser):
 def run(args):
     from safetensors import SafetensorError
 
-    from gpt2_llm.lora import merge_lora
+    from gpt2_llm.finetune.lora import merge_lora
 
     output = args.output or (DEFAULT_HF_OUTPUT if args.hf else DEFAULT_OUTPUT)
     if args.hf:
@@ -70,8 +70,8 @@ def run(args):
 def write_hf_directory(model, directory, pretrained) -> None:
     """The merged model in Hugging Face's GPT-2 layout, with GPT-2's tokenizer files when the base had them
     (a base trained here has its own vocabulary, which Hugging Face's GPT-2 tokenizer cannot read)."""
-    from bpe import atomic_write
-    from gpt2_llm.vocab import GPT2_FILES
+    from gpt2_llm.files import atomic_write
+    from gpt2_llm.tokenizer.vocab import GPT2_FILES
 
     model.save_pretrained(directory)
     if pretrained is not None:

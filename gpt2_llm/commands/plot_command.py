@@ -7,7 +7,7 @@ matplotlib is an optional dependency, imported only here.
 """
 import os
 
-from bpe import atomic_write
+from gpt2_llm.files import atomic_write
 from gpt2_llm.errors import UserError
 
 
@@ -19,7 +19,7 @@ def add_arguments(name, parser):
 
 
 def run(args):
-    from gpt2_llm.metrics import read_metrics
+    from gpt2_llm.train.metrics import read_metrics
 
     runs = []
     for log in args.log:

@@ -64,9 +64,9 @@ def run(args):
     import torch
 
     from gpt2_llm.commands.common import apply_adapter, load_adapter_file, load_model_and_vocab, recorded_base
-    from gpt2_llm.lora import merge_lora
+    from gpt2_llm.finetune.lora import merge_lora
     from gpt2_llm.device import DTYPES, pick_device
-    from gpt2_llm.inference import int8_kernel
+    from gpt2_llm.infer.prepare import int8_kernel
 
     device = pick_device(args.device)
     adapter = load_adapter_file(args.adapter) if args.adapter else None  # a wrong file fails before the model loads
@@ -103,8 +103,8 @@ def run(args):
 
 def stream_sample(model, prompt, bpe, options, generator) -> None:
     """Print one sampled continuation piece by piece, as its tokens are chosen."""
-    from gpt2_llm.generation import generate_tokens
-    from gpt2_llm.text_stream import TextStream
+    from gpt2_llm.infer.generation import generate_tokens
+    from gpt2_llm.infer.text_stream import TextStream
 
     stream = TextStream(bpe.token_bytes(), options["stop"])
     start, count = time.perf_counter(), 0
@@ -130,8 +130,8 @@ def stream_sample(model, prompt, bpe, options, generator) -> None:
 
 def beam_texts(model, prompt, bpe, options) -> list[str]:
     """The num_samples best beams' texts, best first, each cut at <|endoftext|> or a stop string."""
-    from gpt2_llm.beam_search import beam_search
-    from gpt2_llm.text_stream import TextStream
+    from gpt2_llm.infer.beam_search import beam_search
+    from gpt2_llm.infer.text_stream import TextStream
 
     beams = beam_search(
         model, prompt, options["num_tokens"], options["beam"], eos_token_id=bpe.eot_id,

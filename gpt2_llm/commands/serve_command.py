@@ -56,7 +56,7 @@ def run(args):
                         "pip install -r requirements-serve.txt") from None
     from gpt2_llm.commands.common import load_model_and_vocab
     from gpt2_llm.device import DTYPES, pick_device
-    from gpt2_llm.inference import int8_kernel
+    from gpt2_llm.infer.prepare import int8_kernel
     from gpt2_llm.serving.api import create_app
     from gpt2_llm.serving.batch_decoder import prepare_for_batches
     from gpt2_llm.serving.engine import Engine

@@ -1,10 +1,9 @@
 """`tokenize`, `encode` and `decode`: the tokenizer from the command line (no torch needed)."""
 import json
 
-from bpe import parse_ids_json
-from gpt2_llm.corpus import add_corpus_arguments, parse_size
+from gpt2_llm.data.corpus import add_corpus_arguments, parse_size
 from gpt2_llm.errors import UserError
-from gpt2_llm.vocab import DEFAULT_VOCAB, learn_vocab, load_vocab
+from gpt2_llm.tokenizer.vocab import DEFAULT_VOCAB, learn_vocab, load_vocab
 
 VOCAB_HELP = f"vocab file, or a directory with GPT-2's vocab.json + merges.txt (default: {DEFAULT_VOCAB})"
 
@@ -61,7 +60,7 @@ def run(args):
     if args.command == "tokenize":
         learn_vocab(args.files, args.output, args.vocab_size, args.sample_bytes, args.text_field, args.skip_bad_files)
     elif args.command == "prepare":
-        from gpt2_llm.token_cache import cache_folder, load_tokens
+        from gpt2_llm.data.token_cache import cache_folder, load_tokens
 
         bpe = load_vocab(args.vocab)
         tokens = load_tokens(args.files, bpe, args.text_field, bool(args.skip_bad_files), progress=not args.no_progress)
@@ -80,3 +79,21 @@ def run(args):
         else:
             print(printable(bpe.decode(ids)))
     return 0
+
+
+def parse_ids_json(text, vocab_size):
+    """Parse a JSON list of token ids for `decode`, checking each is an int in [0, vocab_size).
+
+    parse_ids_json("[15496, 995]", 50257) -> [15496, 995]
+    """
+    try:
+        ids = json.loads(text)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, an int of > 4300 digits, absurd nesting
+        detail = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
+        raise UserError(f"token ids are not valid JSON ({detail}); expected a list like [15496, 995]") from None
+    if not isinstance(ids, list) or not all(type(i) is int for i in ids):
+        raise UserError("token ids must be a JSON list of integers, like [15496, 995]")
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise UserError(f"token id {bad[0]} is out of range: this vocab has ids 0..{vocab_size - 1}")
+    return ids

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gpt2_llm.commands.common import (DEFAULT_MODEL, DEFAULT_VOCAB, add_training_arguments, check_can_save,
                                       report_result, run_in_process_group, training_inputs, training_options)
-from gpt2_llm.config import DEFAULT_PRESET, PRESET_TABLE
+from gpt2_llm.train.config import DEFAULT_PRESET, PRESET_TABLE
 from gpt2_llm.errors import UserError
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "data" / "shakespeare.txt"
@@ -61,8 +61,8 @@ def run(args):
 
 
 def train(args, context):
-    from gpt2_llm import distributed
-    from gpt2_llm.trainer import Trainer
+    from gpt2_llm.train import distributed
+    from gpt2_llm.train.trainer import Trainer
 
     is_main_process = context is None or context.is_main_process
     inputs = training_inputs(args, str(DEFAULT_CORPUS))
@@ -86,7 +86,7 @@ def train(args, context):
 
 
 def new_trainer(args, bpe, options):
-    from gpt2_llm.trainer import Trainer
+    from gpt2_llm.train.trainer import Trainer
 
     preset = PRESET_TABLE[args.preset or DEFAULT_PRESET]
     shape = dict(preset.shape)
@@ -125,7 +125,7 @@ def check_architecture_flags(args, config):
 
 def ensure_vocab(args, inputs, is_main_process):
     """Load the vocab, or learn one from the training corpus when it does not exist yet."""
-    from gpt2_llm.vocab import learn_vocab, load_vocab
+    from gpt2_llm.tokenizer.vocab import learn_vocab, load_vocab
 
     if os.path.exists(args.vocab):  # a vocab file, or a directory with GPT-2's
         bpe = load_vocab(args.vocab)

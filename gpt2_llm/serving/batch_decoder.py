@@ -19,8 +19,8 @@ only by float rounding, so greedy output does not depend on the company.
 import torch
 import torch.nn.functional as F
 
-from gpt2_llm.attention import attention_sdpa
-from gpt2_llm.inference import PackedLinear, can_prepack, decoding_model, swap_linears
+from gpt2_llm.model.attention import attention_sdpa
+from gpt2_llm.infer.prepare import PackedLinear, can_prepack, decoding_model, swap_linears
 
 
 def prepare_for_batches(model, device: torch.device, dtype: torch.dtype, quantize: str | None, max_batch: int):

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gpt2_llm.generation import cache_dtype
-from gpt2_llm.sampling import apply_repetition_penalty, sample_next_token
+from gpt2_llm.infer.generation import cache_dtype
+from gpt2_llm.infer.sampling import apply_repetition_penalty, sample_next_token
 from gpt2_llm.serving.batch_decoder import SlotDecoder
-from gpt2_llm.text_stream import TextStream
+from gpt2_llm.infer.text_stream import TextStream
 
 log = logging.getLogger(__name__)
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt2_llm.attention import (CausalSelfAttention, RotaryPositionEmbedding, attention_bmm, attention_kernel,
+from gpt2_llm.model.attention import (CausalSelfAttention, RotaryPositionEmbedding, attention_bmm, attention_kernel,
                                 attention_math, causal_mask)
-from gpt2_llm.config import GPT2Config
-from gpt2_llm.kv_cache import LayerKVCache
+from gpt2_llm.model.config import GPT2Config
+from gpt2_llm.model.kv_cache import LayerKVCache
 
 KERNELS = ["sdpa", "math", "bmm"]
 
@@ -69,7 +69,7 @@ def test_the_kernel_is_picked_from_device_dtype_and_length(device_dtype_keys, ex
 
 def test_bf16_training_step_on_cpu_takes_the_bmm_kernel(monkeypatch):
     """The model picks its kernel itself: a plain model.loss under autocast gets the fast one, no Trainer needed."""
-    from gpt2_llm import attention as attention_module
+    from gpt2_llm.model import attention as attention_module
     from gpt2_llm.gpt2 import GPT2
 
     calls = []

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from gpt2_llm import GPT2
-from gpt2_llm.beam_search import beam_search
-from gpt2_llm.config import GPT2Config
+from gpt2_llm.infer.beam_search import beam_search
+from gpt2_llm.model.config import GPT2Config
 from gpt2_llm.errors import UserError
-from gpt2_llm.kv_cache import KVCache
+from gpt2_llm.model.kv_cache import KVCache
 from gpt2_llm.tests.conftest import wide_logits_model
 
 

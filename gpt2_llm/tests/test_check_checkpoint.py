@@ -11,7 +11,7 @@ import torch
 import check_checkpoint
 from bpe import BPE
 from gpt2_llm.gpt2 import GPT2
-from gpt2_llm.vocab import load_vocab
+from gpt2_llm.tokenizer.vocab import load_vocab
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = (ROOT / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:20000]

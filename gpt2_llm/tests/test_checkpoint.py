@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from gpt2_llm import GPT2
-from gpt2_llm import checkpoint, loading
+from gpt2_llm.checkpoints import checkpoint
+from gpt2_llm.checkpoints import loading
 from gpt2_llm.errors import UserError
 
 
@@ -168,12 +169,12 @@ def test_load_model_reads_a_checkpoint_or_a_hugging_face_directory(tmp_path, sma
     model.save_pretrained(tmp_path / "hf")
     x = torch.randint(0, 101, (1, 9))
     for source, recorded in ((tmp_path / "m.pt", {"step": 3}), (tmp_path / "hf", {})):
-        loaded, metadata = loading.load_model(source)
+        loaded, metadata = loading.load_model(source, GPT2)
         assert loaded.config == model.config and metadata.items() >= recorded.items()
         torch.testing.assert_close(loaded.eval()(x), model(x))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no config.json: pass a gpt2-llm checkpoint file or a Hugging Face"):
-        loading.load_model(tmp_path / "empty")
+        loading.load_model(tmp_path / "empty", GPT2)
 
 
 def dead_pid() -> int:

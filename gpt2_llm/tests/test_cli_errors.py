@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 import main
 from bpe import BPE
-from gpt2_llm import checkpoint
+from gpt2_llm.checkpoints import checkpoint
 from gpt2_llm.gpt2 import GPT2
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from gpt2_llm import corpus
-from gpt2_llm.corpus import Source, check_sources, find_sources, plan_pieces, read_piece, sample_pieces
+from gpt2_llm.data import corpus
+from gpt2_llm.data.corpus import Source, check_sources, find_sources, plan_pieces, read_piece, sample_pieces
 from gpt2_llm.errors import UserError
 from gpt2_llm.tests.conftest import REPO
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from bpe import BPE
-from gpt2_llm.data import TokenDataset, token_byte_lengths
+from gpt2_llm.data.dataset import TokenDataset, token_byte_lengths
 from gpt2_llm.errors import UserError
-from gpt2_llm.metrics import bits_per_byte
-from gpt2_llm.token_cache import TokenStream
+from gpt2_llm.train.metrics import bits_per_byte
+from gpt2_llm.data.token_cache import TokenStream
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
 

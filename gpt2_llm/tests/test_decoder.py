@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from gpt2_llm.config import GPT2Config
-from gpt2_llm.decoder import MLP, DecoderBlock, GPT2Decoder
+from gpt2_llm.model.config import GPT2Config
+from gpt2_llm.model.blocks import MLP, DecoderBlock, GPT2Decoder
 
 
 def config(embedding_dim=32, num_heads=4, **fields):

@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 
-from gpt2_llm import checkpoint
-from gpt2_llm.distributed import DistributedContext, rank_slice
+from gpt2_llm.checkpoints import checkpoint
+from gpt2_llm.train.distributed import DistributedContext, rank_slice
 from gpt2_llm.tests.conftest import MAIN
 
 pytestmark = pytest.mark.usefixtures("vocab")  # conftest's: corpus.parent / "vocab.txt", which train() passes

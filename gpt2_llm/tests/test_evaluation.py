@@ -14,7 +14,7 @@ import torch
 import main
 from bpe import BPE
 from gpt2_llm import GPT2
-from gpt2_llm.evaluation import count_targets, evaluate_tokens, window_spans
+from gpt2_llm.infer.evaluation import count_targets, evaluate_tokens, window_spans
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")

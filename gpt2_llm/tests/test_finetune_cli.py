@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt2_llm import GPT2, checkpoint
-from gpt2_llm.trainer import Trainer
-from gpt2_llm.vocab import load_vocab
+from gpt2_llm import GPT2
+from gpt2_llm.checkpoints import checkpoint
+from gpt2_llm.train.trainer import Trainer
+from gpt2_llm.tokenizer.vocab import load_vocab
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = dict(embedding_dim=32, num_layers=2, num_heads=2, max_seq_len=32)

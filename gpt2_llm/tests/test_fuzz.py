@@ -18,12 +18,14 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bpe import BPE, EOT, parse_ids_json
-from gpt2_llm import checkpoint, loading
-from gpt2_llm.config import GPT2Config
+from bpe import BPE, EOT
+from gpt2_llm.commands.tokenizer_commands import parse_ids_json
+from gpt2_llm.checkpoints import checkpoint
+from gpt2_llm.checkpoints import loading
+from gpt2_llm.model.config import GPT2Config
 from gpt2_llm.errors import UserError
 from gpt2_llm.gpt2 import GPT2
-from gpt2_llm.vocab import load_vocab
+from gpt2_llm.tokenizer.vocab import load_vocab
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = (ROOT / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:4000]
@@ -143,7 +145,7 @@ def test_parse_ids_json_huge_or_deep_json_raises_user_error(text):
 def test_load_checkpoint_refuses_or_loads_the_files_tensors(data):
     try:
         tensors, metadata = load_bytes(data, checkpoint.load_checkpoint)
-        model = loading.model_from_tensors(tensors, metadata, "fuzzed")
+        model = loading.model_from_tensors(GPT2, tensors, metadata, "fuzzed")
     except UserError:
         return
     assert {key: (t.shape, t.dtype) for key, t in tensors.items()} == CHECKPOINT_SHAPES

@@ -7,7 +7,7 @@ import torch
 
 from gpt2_llm import GPT2
 from gpt2_llm.errors import UserError
-from gpt2_llm.generation import TokenWindow, generate_tokens
+from gpt2_llm.infer.generation import TokenWindow, generate_tokens
 
 def import_transformers():
     """The reference, for the tests that compare with it: only those skip where it is not installed."""

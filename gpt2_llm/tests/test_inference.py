@@ -16,7 +16,7 @@ from torch import nn
 
 from gpt2_llm.errors import UserError
 from gpt2_llm import machine_cache
-from gpt2_llm.inference import (MATVEC_MAX_ROWS, Int8Linear, MatvecLinear, PackedLinear, can_prepack, decoding_model,
+from gpt2_llm.infer.prepare import (MATVEC_MAX_ROWS, Int8Linear, MatvecLinear, PackedLinear, can_prepack, decoding_model,
                                 fast_linear, fp32_decode_kernel, prepare_for_inference)
 from gpt2_llm.tests.conftest import greedy_without_cache, wide_logits_model
 
@@ -79,7 +79,7 @@ def test_the_fp32_decode_kernel_is_measured_once_per_machine(tmp_path, monkeypat
         assert [value[0] for key, value in remembered.items() if key.endswith(": fp32_decode_kernel")] == [choice.name]
         fp32_decode_kernel.cache_clear()
         monkeypatch.setattr(machine_cache, "_measured_here", {})
-        monkeypatch.setattr("gpt2_llm.inference._race_fp32_kernels", lambda: pytest.fail("measured twice"))
+        monkeypatch.setattr("gpt2_llm.infer.prepare._race_fp32_kernels", lambda: pytest.fail("measured twice"))
         assert fp32_decode_kernel() == choice  # read back from the file
     finally:
         fp32_decode_kernel.cache_clear()
@@ -88,7 +88,7 @@ def test_the_fp32_decode_kernel_is_measured_once_per_machine(tmp_path, monkeypat
 @pytest.mark.skipif(not can_prepack(torch.float32), reason="no oneDNN linear prepacking in this PyTorch")
 @pytest.mark.parametrize("linear", [PackedLinear, MatvecLinear])
 def test_fast_fp32_linears_are_the_same_function(linear, monkeypatch):
-    monkeypatch.setattr("gpt2_llm.inference.fast_linear", lambda dtype: linear)
+    monkeypatch.setattr("gpt2_llm.infer.prepare.fast_linear", lambda dtype: linear)
     model = wide_model()
     packed = prepare_for_inference(copy.deepcopy(model), CPU, torch.float32)
     assert any(isinstance(m, linear) for m in packed.modules())

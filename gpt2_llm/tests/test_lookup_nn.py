@@ -1,11 +1,11 @@
-"""lookup_nn.py: the token table's GPT-2 initialisation, and its second use as the tied output head.
+"""model/embedding.py: the token table's GPT-2 initialisation, and its second use as the tied output head.
 
 (Looking rows up is F.embedding, PyTorch's to test; what is ours is the init and the tying.)
 """
 import torch
 
 from gpt2_llm.gpt2 import GPT2
-from gpt2_llm.lookup_nn import TokenEmbedding
+from gpt2_llm.model.embedding import TokenEmbedding
 
 
 def test_init_is_gpt2_normal():

@@ -4,14 +4,15 @@ import signal
 import pytest
 import torch
 
-from gpt2_llm import checkpoint, lora
+from gpt2_llm.checkpoints import checkpoint
+from gpt2_llm.finetune import lora
 from gpt2_llm.errors import UserError
 from gpt2_llm.gpt2 import GPT2
-from gpt2_llm.optim import make_adamw
+from gpt2_llm.train.optim import make_adamw
 from gpt2_llm.tests.conftest import make_small_model
 from gpt2_llm.tests.test_trainer import QUIET, interrupt_after, read_log
-from gpt2_llm.trainer import Trainer
-from gpt2_llm.vocab import load_vocab
+from gpt2_llm.train.trainer import Trainer
+from gpt2_llm.tokenizer.vocab import load_vocab
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SHAPE = dict(embedding_dim=32, num_layers=2, num_heads=2, max_seq_len=32)

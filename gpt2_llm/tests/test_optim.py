@@ -6,9 +6,9 @@ import torch
 
 from gpt2_llm.gpt2 import GPT2
 from gpt2_llm.errors import UserError
-from gpt2_llm.lora import LoRAConfig, add_lora
-from gpt2_llm import optim
-from gpt2_llm.optim import (BatchedMuon, MuonWithAdamW, learning_rate_at, load_optimizer_state, make_adamw,
+from gpt2_llm.finetune.lora import LoRAConfig, add_lora
+from gpt2_llm.train import optim
+from gpt2_llm.train.optim import (BatchedMuon, MuonWithAdamW, learning_rate_at, load_optimizer_state, make_adamw,
                             make_optimizer, optimizer_state_tensors)
 
 

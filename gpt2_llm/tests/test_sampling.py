@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpt2_llm.errors import UserError
-from gpt2_llm.sampling import apply_repetition_penalty, sample_next_token, top_k_filter, top_p_filter
+from gpt2_llm.infer.sampling import apply_repetition_penalty, sample_next_token, top_k_filter, top_p_filter
 
 DRAWS = 4000
 

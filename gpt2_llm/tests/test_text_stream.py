@@ -1,6 +1,6 @@
 import pytest
 
-from gpt2_llm.text_stream import TextStream
+from gpt2_llm.infer.text_stream import TextStream
 
 # A toy vocabulary: "é" is two bytes, split over two tokens, as byte-level BPE may do.
 TOKENS = {0: b"h", 1: b"\xc3", 2: b"\xa9", 3: b"llo", 4: b" E", 5: b"ND", 6: b"!", 7: b"\n",

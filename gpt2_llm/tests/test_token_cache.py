@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from bpe import BPE, EOT
-from gpt2_llm import token_cache
+from gpt2_llm.data import token_cache
 from gpt2_llm.errors import UserError
 from gpt2_llm.tests.conftest import REPO
-from gpt2_llm.token_cache import MANIFEST, TokenStream, cache_folder, load_tokens
-from gpt2_llm.vocab import load_vocab
+from gpt2_llm.data.token_cache import MANIFEST, TokenStream, cache_folder, load_tokens
+from gpt2_llm.tokenizer.vocab import load_vocab
 
 
 def write(path, text):
@@ -59,8 +59,8 @@ def bpe(vocab):
 @pytest.fixture
 def small_pieces(monkeypatch):
     """Pieces of ~5 KB and blocks of ~1 KB, so the small test corpus gives many shards and many blocks."""
-    monkeypatch.setattr("gpt2_llm.corpus.PIECE_BYTES", 5000)
-    monkeypatch.setattr("gpt2_llm.corpus.BLOCK_BYTES", 1000)
+    monkeypatch.setattr("gpt2_llm.data.corpus.PIECE_BYTES", 5000)
+    monkeypatch.setattr("gpt2_llm.data.corpus.BLOCK_BYTES", 1000)
 
 
 def load(bpe, inputs, **options):
@@ -98,7 +98,7 @@ def test_a_changed_file_is_encoded_again_and_only_it(folder, bpe, small_pieces, 
     encoded = []
     encode_piece = token_cache.encode_piece
     monkeypatch.setattr(token_cache, "encode_piece", lambda piece, *a: encoded.append(piece) or encode_piece(piece, *a))
-    monkeypatch.setattr("gpt2_llm.corpus.usable_cores", lambda: 1)  # in this process, so `encoded` sees the calls
+    monkeypatch.setattr("gpt2_llm.data.corpus.usable_cores", lambda: 1)  # in this process, so `encoded` sees the calls
     tokens, said = load(bpe, [folder])
     assert f"{folder / 'a.txt'} changed since its tokens were cached: encoding it again" in said
     assert {os.path.basename(source.path) for p in encoded for source in p.sources} == {"a.txt"}
@@ -116,7 +116,7 @@ def test_small_files_share_shards_and_a_grown_file_changes_only_its_own(tmp_path
         write(tmp_path / "many" / f"doc{i:03d}.txt", " ".join(words[(i + j) % 8] for j in range(i % 40 + 5)))
     many = tmp_path / "many"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("gpt2_llm.corpus.PIECE_BYTES", 20_000)
+        patch.setattr("gpt2_llm.data.corpus.PIECE_BYTES", 20_000)
         tokens, _ = load(bpe, [many])
         docs = [(many / f"doc{i:03d}.txt").read_text() for i in range(300)]
         assert tokens[:].tolist() == encoded_at_once(bpe, docs)
@@ -145,7 +145,8 @@ def test_a_killed_build_keeps_its_shards_and_resumes_to_the_same_tokens(folder, 
 import sys, time
 sys.path.insert(0, {str(REPO)!r})
 from bpe import BPE
-from gpt2_llm import corpus, token_cache
+from gpt2_llm.data import corpus
+from gpt2_llm.data import token_cache
 corpus.PIECE_BYTES, corpus.BLOCK_BYTES = 5000, 1000
 encode_piece = token_cache.encode_piece
 def slow(*args):
@@ -165,8 +166,8 @@ token_cache.load_tokens([{str(folder)!r}], bpe, progress=False)
     kept = len(list(cache.glob("*.bin")))
     assert kept >= 4 and not (cache / MANIFEST).exists(), "killed before the end"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("gpt2_llm.corpus.PIECE_BYTES", 5000)
-        patch.setattr("gpt2_llm.corpus.BLOCK_BYTES", 1000)
+        patch.setattr("gpt2_llm.data.corpus.PIECE_BYTES", 5000)
+        patch.setattr("gpt2_llm.data.corpus.BLOCK_BYTES", 1000)
         tokens, said = load(bpe, [folder])
     assert f"continuing: {kept} of" in said
     assert tokens[:].tolist() == encoded_at_once(bpe, documents(folder))
@@ -184,7 +185,7 @@ def test_a_full_disk_keeps_the_finished_shards_and_says_how_to_continue(folder, 
         real_write(path, data)
 
     monkeypatch.setattr(token_cache, "atomic_write", fill_up)
-    monkeypatch.setattr("gpt2_llm.corpus.usable_cores", lambda: 1)
+    monkeypatch.setattr("gpt2_llm.data.corpus.usable_cores", lambda: 1)
     with pytest.raises(UserError, match="No space left on device; the 3 finished shards are kept"):
         load(bpe, [folder])
     monkeypatch.setattr(token_cache, "atomic_write", real_write)

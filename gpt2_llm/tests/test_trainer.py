@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from bpe import BPE
-from gpt2_llm import checkpoint
+from gpt2_llm.checkpoints import checkpoint
 from gpt2_llm.errors import UserError
 from gpt2_llm.gpt2 import GPT2
 from gpt2_llm.tests.conftest import MAIN, REPO
-from gpt2_llm.trainer import Trainer
-from gpt2_llm.vocab import load_vocab
+from gpt2_llm.train.trainer import Trainer
+from gpt2_llm.tokenizer.vocab import load_vocab
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MICRO = dict(embedding_dim=32, num_layers=2, num_heads=2, max_seq_len=32, batch_size=4, learning_rate=3e-3)
@@ -123,9 +123,9 @@ def test_kill_9_while_saving_leaves_a_temp_file_that_the_next_save_removes(vocab
     dies_mid_write = f"""
 import os, signal
 from pathlib import Path
-from gpt2_llm import checkpoint
-from gpt2_llm.trainer import Trainer
-from gpt2_llm.vocab import load_vocab
+from gpt2_llm.checkpoints import checkpoint
+from gpt2_llm.train.trainer import Trainer
+from gpt2_llm.tokenizer.vocab import load_vocab
 
 def write_half_then_die(tensors, filename, metadata=None):
     Path(filename).write_bytes(b"half a checkpoint")
@@ -216,7 +216,7 @@ def test_muon_trains_and_fsdp_with_muon_is_refused(vocab, corpus, tmp_path):
 def test_weights_alone_train_on_with_the_default_presets_settings(vocab, tmp_path):
     """A model.save file holds no training settings: training it on takes the default preset's batch, lr and
     optimizer together (not its lr with another optimizer), and flags given still win."""
-    from gpt2_llm.config import DEFAULT_PRESET, PRESET_TABLE
+    from gpt2_llm.train.config import DEFAULT_PRESET, PRESET_TABLE
 
     model = micro_trainer(vocab).model
     model.save(tmp_path / "weights.safetensors")
@@ -308,7 +308,8 @@ def test_max_time_alone_runs_past_one_epoch(vocab, corpus, tmp_path):
 
 
 def test_one_preset_table_holds_each_shape_with_its_training_settings():
-    from gpt2_llm.config import PRESET_TABLE, PRESETS, GPT2Config
+    from gpt2_llm.model.config import GPT2Config
+    from gpt2_llm.train.config import PRESET_TABLE, PRESETS
 
     quick, tiny = PRESET_TABLE["quick"], PRESET_TABLE["tiny"]
     assert quick.shape == dict(num_layers=4, embedding_dim=128, num_heads=4, max_seq_len=128)  # published figures

@@ -12,14 +12,14 @@ import bpe as bpe_module
 from bpe import BPE, compiled_chunk_counts, count_chunks
 from gpt2_llm.errors import UserError
 from gpt2_llm.tests.conftest import MAIN, REPO
-from gpt2_llm.vocab import learn_vocab
+from gpt2_llm.tokenizer.vocab import learn_vocab
 
 
 @pytest.fixture
 def small_pieces(monkeypatch):
     """Pieces of ~20 KB and blocks of ~2 KB: many pieces, counted in worker processes."""
-    monkeypatch.setattr("gpt2_llm.corpus.PIECE_BYTES", 20_000)
-    monkeypatch.setattr("gpt2_llm.corpus.BLOCK_BYTES", 2000)
+    monkeypatch.setattr("gpt2_llm.data.corpus.PIECE_BYTES", 20_000)
+    monkeypatch.setattr("gpt2_llm.data.corpus.BLOCK_BYTES", 2000)
 
 
 @pytest.fixture(params=["python", "compiled"])
@@ -28,8 +28,8 @@ def counting(request, monkeypatch):
     if request.param == "compiled":
         if compiled_chunk_counts() is None:
             pytest.skip("numba is not installed: no compiled counting")
-        monkeypatch.setattr("gpt2_llm.vocab.COMPILED_COUNTING_MIN_BYTES", 0)
-        monkeypatch.setattr("gpt2_llm.vocab.count_chunks", counted_in_python)  # the workers are forked: they see it
+        monkeypatch.setattr("gpt2_llm.tokenizer.vocab.COMPILED_COUNTING_MIN_BYTES", 0)
+        monkeypatch.setattr("gpt2_llm.tokenizer.vocab.count_chunks", counted_in_python)  # the workers are forked: they see it
     return request.param
 
 
@@ -112,7 +112,7 @@ def test_the_first_tokenize_on_a_machine_says_the_kernels_compile_and_learns_the
 
 
 def test_past_the_cap_the_rarest_chunks_are_dropped(corpus, tmp_path, small_pieces, monkeypatch, counting):
-    monkeypatch.setattr("gpt2_llm.vocab.MAX_DISTINCT_CHUNKS", 2000)
+    monkeypatch.setattr("gpt2_llm.tokenizer.vocab.MAX_DISTINCT_CHUNKS", 2000)
     said = []
     capped = learn_vocab([corpus], tmp_path / "v.txt", 300, log=said.append, progress=False)
     assert any("most frequent distinct chunks" in line for line in said)
@@ -124,17 +124,17 @@ def test_past_the_cap_the_rarest_chunks_are_dropped(corpus, tmp_path, small_piec
 def test_the_cap_drops_the_same_chunks_compiled_or_not(corpus, tmp_path, small_pieces, monkeypatch):
     if compiled_chunk_counts() is None:
         pytest.skip("numba is not installed: no compiled counting")
-    monkeypatch.setattr("gpt2_llm.vocab.MAX_DISTINCT_CHUNKS", 2000)
+    monkeypatch.setattr("gpt2_llm.tokenizer.vocab.MAX_DISTINCT_CHUNKS", 2000)
     fingerprints = []
     fingerprints.append(learn_vocab([corpus], tmp_path / "v.txt", 300, log=print, progress=False).fingerprint())
-    monkeypatch.setattr("gpt2_llm.vocab.COMPILED_COUNTING_MIN_BYTES", 0)  # now compiled
-    monkeypatch.setattr("gpt2_llm.vocab.count_chunks", counted_in_python)
+    monkeypatch.setattr("gpt2_llm.tokenizer.vocab.COMPILED_COUNTING_MIN_BYTES", 0)  # now compiled
+    monkeypatch.setattr("gpt2_llm.tokenizer.vocab.count_chunks", counted_in_python)
     fingerprints.append(learn_vocab([corpus], tmp_path / "v.txt", 300, log=print, progress=False).fingerprint())
     assert fingerprints[0] == fingerprints[1]
 
 
 def test_most_frequent():
-    from gpt2_llm.vocab import most_frequent
+    from gpt2_llm.tokenizer.vocab import most_frequent
 
     assert most_frequent(Counter({"a": 3, "b": 1, "c": 1}), 2) == {"a": 3}
     assert most_frequent(Counter({"a": 3, "b": 2, "c": 1}), 2) == {"a": 3, "b": 2}

@@ -8,7 +8,7 @@ The step (`train_step`) touches no files and prints nothing; the loop around it 
 torchrun (see distributed.py) each rank runs train_step on its own slice of the global batch through
 DistributedDataParallel (or, with --fsdp, FSDP2-sharded), and only rank 0 (`is_main_process`) logs,
 samples and writes checkpoints: whole, unsharded weights, so they resume in one process or in many.
-What a checkpoint holds is train_checkpoint.py's; Ctrl-C and SIGTERM are signals.py's.
+What a checkpoint holds is resume.py's; Ctrl-C and SIGTERM are signals.py's.
 """
 import math
 import random
@@ -20,18 +20,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gpt2_llm import checkpoint, distributed, loading, train_checkpoint
-from gpt2_llm.config import DEFAULT_MODEL, DEFAULT_PRESET, PRESET_TABLE, TrainingConfig
-from gpt2_llm.data import TokenDataset, token_byte_lengths
-from gpt2_llm.token_cache import load_tokens
+from gpt2_llm.checkpoints import checkpoint
+from gpt2_llm.train import distributed
+from gpt2_llm.checkpoints import loading
+from gpt2_llm.train import resume
+from gpt2_llm.train.config import DEFAULT_MODEL, DEFAULT_PRESET, PRESET_TABLE, TrainingConfig
+from gpt2_llm.data.dataset import TokenDataset, token_byte_lengths
+from gpt2_llm.data.token_cache import load_tokens
 from gpt2_llm.device import Precision, autocast, choose_dtype, dtype_name, has_fast_bf16, pick_device
 from gpt2_llm.errors import UserError
 from gpt2_llm.gpt2 import GPT2
-from gpt2_llm.metrics import MetricsLog, bits_per_byte
-from gpt2_llm.optim import learning_rate_at, make_optimizer
-from gpt2_llm.signals import GracefulStop
-from gpt2_llm.train_checkpoint import TrainingState
-from gpt2_llm.vocab import check_vocab, load_vocab
+from gpt2_llm.train.metrics import MetricsLog, bits_per_byte
+from gpt2_llm.train.optim import learning_rate_at, make_optimizer
+from gpt2_llm.train.signals import GracefulStop
+from gpt2_llm.train.resume import TrainingState
+from gpt2_llm.tokenizer.vocab import check_vocab, load_vocab
 
 # The step budget of a run bounded by --max-time alone: more steps than any run takes.
 UNTIL_MAX_TIME = 1 << 60
@@ -122,7 +125,7 @@ class Trainer:
         """
         tensors, metadata = checkpoint.load_checkpoint(path)
         check_vocab(bpe, metadata, checkpoint.config_from_metadata(metadata, path), path)  # before building it
-        model = loading.model_from_tensors(tensors, metadata, path)
+        model = loading.model_from_tensors(GPT2, tensors, metadata, path)
         return cls.resume(model, bpe, tensors, metadata, **options)
 
     @classmethod
@@ -425,12 +428,12 @@ class Trainer:
         self.batch_generator = torch.Generator().manual_seed(seed)  # which windows each step trains on
 
     def save_checkpoint(self, path) -> None:
-        """Write everything this run needs to resume exactly, atomically (see train_checkpoint.py)."""
-        train_checkpoint.save(self, path)
+        """Write everything this run needs to resume exactly, atomically (see resume.py)."""
+        resume.save(self, path)
 
     def restore(self, tensors: dict, metadata: dict) -> None:
         """Load the optimizer, schedule position and RNG states saved by save_checkpoint."""
-        train_checkpoint.restore(self, tensors, metadata)
+        resume.restore(self, tensors, metadata)
 
 
 def run_length(steps_per_epoch: int, num_epochs, max_steps, max_time) -> int:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.optim._muon import _adjust_lr  # Muon's per-shape lr; torch is pinned (requirements.txt)
 
-from gpt2_llm.config import OPTIMIZERS
+from gpt2_llm.train.config import OPTIMIZERS
 from gpt2_llm.device import has_fast_bf16
 from gpt2_llm.errors import UserError
 

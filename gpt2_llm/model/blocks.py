@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from gpt2_llm.attention import CausalSelfAttention
-from gpt2_llm.config import GPT2Config
-from gpt2_llm.kv_cache import KVCache
+from gpt2_llm.model.attention import CausalSelfAttention
+from gpt2_llm.model.config import GPT2Config
+from gpt2_llm.model.kv_cache import KVCache
 
 
 class MLP(nn.Module):

@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 
 from bpe import BPE, compiled_chunk_counts, count_chunks, recommended_vocab_size
-from gpt2_llm import corpus
+from gpt2_llm.data import corpus
 from gpt2_llm.errors import UserError
 
 DEFAULT_VOCAB = "vocab.txt"

@@ -17,8 +17,8 @@ from contextlib import nullcontext
 import torch
 
 from gpt2_llm.errors import UserError
-from gpt2_llm.inference import decoding_model
-from gpt2_llm.sampling import apply_repetition_penalty, check_sampling_settings, sample_next_token
+from gpt2_llm.infer.prepare import decoding_model
+from gpt2_llm.infer.sampling import apply_repetition_penalty, check_sampling_settings, sample_next_token
 
 
 class TokenWindow:

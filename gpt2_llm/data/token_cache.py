@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bpe import atomic_write, load_kernels
-from gpt2_llm import corpus
+from bpe import load_kernels
+from gpt2_llm.files import atomic_write
+from gpt2_llm.data import corpus
 from gpt2_llm.errors import UserError
 
 MANIFEST = "manifest.json"

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt2_llm.kv_cache import LayerKVCache
+from gpt2_llm.model.kv_cache import LayerKVCache
 
 KERNELS = ("auto", "sdpa", "math", "bmm")
 

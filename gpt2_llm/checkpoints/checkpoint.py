@@ -8,7 +8,7 @@ Layout of one file:
               JSON-encoded under its own key: config=<GPT2Config as JSON>, step=..., ...
 
 Safetensors, never pickle: unpickling a file can run arbitrary code, so a pickled file is refused.
-Writes are atomic (bpe.atomic_write: temp file + fsync + os.replace): a crash leaves the old file intact,
+Writes are atomic (files.atomic_write: temp file + fsync + os.replace): a crash leaves the old file intact,
 and the temp file of a writer killed mid-write is removed by the next write of the same file.
 """
 import json
@@ -18,8 +18,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from bpe import atomic_write
-from gpt2_llm.config import GPT2Config
+from gpt2_llm.files import atomic_write
+from gpt2_llm.model.config import GPT2Config
 from gpt2_llm.errors import UserError
 
 FORMAT = "gpt2-llm"

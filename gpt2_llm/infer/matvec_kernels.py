@@ -11,12 +11,12 @@ packing meant for big matrices, and have no fast int8-weight, fp32-activation pr
     >>> out = np.empty((1, 3072), np.float32)
     >>> matvec_int8(x, weight_int8, scales, bias, out)   # x (1, 768) fp32 -> out (1, 3072)
 
-Leaf module: numpy and numba only. Compiled once per machine and cached on disk like bpe_kernels.
+Leaf module: numpy and numba only. Compiled once per machine and cached on disk like the tokenizer's kernels.
 """
 import numpy as np
 from numba import njit, prange
 
-from gpt2_llm import bpe_kernels  # noqa: F401  (chooses numba's cache folder, also for these kernels)
+from gpt2_llm.tokenizer import kernels  # noqa: F401  (chooses numba's cache folder, also for these kernels)
 
 ROWS_PER_TASK = 16  # output rows per parallel task: enough work per task, enough tasks to balance 2-64 threads
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from gpt2_llm.device import autocast
-from gpt2_llm.linear_cross_entropy import linear_cross_entropy
-from gpt2_llm.metrics import bits_per_byte
+from gpt2_llm.model.linear_cross_entropy import linear_cross_entropy
+from gpt2_llm.train.metrics import bits_per_byte
 
 
 def window_spans(num_tokens: int, context: int, stride: int):

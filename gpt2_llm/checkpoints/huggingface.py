@@ -17,9 +17,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from bpe import atomic_write
-from gpt2_llm.checkpoint import model_tensors, write_safetensors
-from gpt2_llm.config import GPT2Config
+from gpt2_llm.files import atomic_write
+from gpt2_llm.checkpoints.checkpoint import model_tensors, write_safetensors
+from gpt2_llm.model.config import GPT2Config
 from gpt2_llm.errors import UserError
 
 # Activation names HF uses for the tanh-approximated GELU (same function, different code).

@@ -15,9 +15,11 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from gpt2_llm import checkpoint, distributed, lora
+from gpt2_llm.checkpoints import checkpoint
+from gpt2_llm.train import distributed
+from gpt2_llm.finetune import lora
 from gpt2_llm.errors import UserError
-from gpt2_llm.optim import (load_optimizer_state, named_state_from_tensors, optimizer_state_tensors,
+from gpt2_llm.train.optim import (load_optimizer_state, named_state_from_tensors, optimizer_state_tensors,
                             tensors_from_named_state)
 
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt2_llm import checkpoint
-from gpt2_llm.config import GPT2Config
+from gpt2_llm.checkpoints import checkpoint
+from gpt2_llm.model.config import GPT2Config
 from gpt2_llm.errors import UserError
 
 # --lora-targets names -> the Linear layers of each decoder block they adapt.

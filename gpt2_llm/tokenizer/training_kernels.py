@@ -1,6 +1,6 @@
 """Compiled BPE training: bpe.py's training, the same results, on flat arrays and compiled with numba. Two parts:
   - counting: count_utf8 counts a text's pre-split chunks into a hash table of byte strings, as bpe.count_chunks does
-    into a Counter (bpe.ChunkCounts wraps it; gpt2_llm/vocab.py counts big corpora with it);
+    into a Counter (bpe.ChunkCounts wraps it; gpt2_llm/tokenizer/vocab.py counts big corpora with it);
   - merging: train_merges learns the merges of bpe.train_merges, in the same order.
 bpe.py runs them for big trainings only (see bpe._training_kernels_for); test_bpe proves both equal the Python
 reference, which stays the readable one.
@@ -21,14 +21,14 @@ train_merges' algorithm is bpe.train_merges' own, with each Python structure rep
   - the heap: a binary max-heap of (count, key) with the same lazy invalidation, ties to the lowest key.
 Growing arrays double, so the memory follows the number of distinct chunks and pairs, not the corpus.
 
-Leaf module: numpy and numba only, plus gpt2_llm.bpe_kernels (also a leaf) for its hashes, its ASCII pre-split and
+Leaf module: numpy and numba only, plus gpt2_llm.tokenizer.kernels (also a leaf) for its hashes, its ASCII pre-split and
 its choice of where numba caches compiled code on disk, so only the first run on a machine compiles (~20 s of one
 core, counting and merging apart; bpe.py decides when, and says so).
 """
 import numpy as np
 from numba import njit
 
-from gpt2_llm.bpe_kernels import _hash_bytes, _hash_pair, _same_bytes, ascii_chunk_end
+from gpt2_llm.tokenizer.kernels import _hash_bytes, _hash_pair, _same_bytes, ascii_chunk_end
 
 _EMPTY = -1
 _LOW_32_BITS = (1 << 32) - 1
@@ -53,7 +53,7 @@ def _copy_into(target, source, at):
 
 
 # ---- counting: {chunk: count} of a text, in a hash table of byte strings ----
-# bpe.count_chunks' counts, without a Python string per chunk: the pre-split of bpe_kernels.encode_utf8 (its ASCII
+# bpe.count_chunks' counts, without a Python string per chunk: the pre-split of kernels.encode_utf8 (its ASCII
 # scanner, and the chunk ends that bpe.py's `regex` gives for the stretches around non-ASCII characters), each chunk
 # counted by its bytes. The table is a tuple (slots, starts, counts, data, num_chunks): chunk e is
 # data[starts[e]:starts[e + 1]], seen counts[e] times; slots, open addressing at most half full, hold each entry with

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from gpt2_llm.errors import UserError
-from gpt2_llm.token_cache import TokenStream
+from gpt2_llm.data.token_cache import TokenStream
 
 
 def token_byte_lengths(bpe, size: int) -> np.ndarray:

@@ -46,11 +46,11 @@ MATVEC_MAX_ROWS = 16
 
 
 def load_matvec_kernels():
-    """gpt2_llm.matvec_kernels, imported on first use; None where numba is not installed."""
+    """gpt2_llm.infer.matvec_kernels, imported on first use; None where numba is not installed."""
     global _matvec_kernels
     if _matvec_kernels is None:
         try:
-            from gpt2_llm import matvec_kernels  # imports numba; compiles nothing until a kernel's first call
+            from gpt2_llm.infer import matvec_kernels# imports numba; compiles nothing until a kernel's first call
         except ImportError:  # numba missing, or one that cannot load (say, built for another numpy): no kernels
             matvec_kernels = False
         _matvec_kernels = matvec_kernels

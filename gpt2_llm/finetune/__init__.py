@@ -1,0 +1,1 @@
+"""Fine-tuning: LoRA adapters on a trained model."""

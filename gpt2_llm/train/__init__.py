@@ -1,0 +1,1 @@
+"""Training: TrainingConfig and the presets, the loop, optimizers, torchrun, metrics, resumable checkpoints."""
