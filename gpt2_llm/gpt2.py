@@ -18,6 +18,7 @@ from gpt2_llm.device import keep_freed_memory_on_cpu
 from gpt2_llm.errors import UserError
 from gpt2_llm.infer import prepare
 from gpt2_llm.infer.generation import generate_tokens
+from gpt2_llm.infer.sampling import SamplingSettings
 from gpt2_llm.model.config import GPT2Config
 from gpt2_llm.model.gpt2 import Transformer
 
@@ -87,12 +88,9 @@ class GPT2(Transformer):
         every row has. vocab_size keeps choices below it (a tokenizer smaller than the padded
         embedding). The loop itself, token by token, is generation.generate_tokens.
         """
-        steps = list(
-            generate_tokens(
-                self, input_ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, generator,
-                eos_token_id, vocab_size,
-            )
-        )
+        settings = SamplingSettings(max_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                    repetition_penalty=repetition_penalty)
+        steps = list(generate_tokens(self, input_ids, settings, generator, eos_token_id, vocab_size))
         if not steps:
             return input_ids.clone()
         return torch.cat((input_ids, torch.stack(steps, dim=1)), dim=1)  # one cat at the end, not one per step

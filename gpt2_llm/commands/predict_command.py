@@ -84,10 +84,10 @@ def run(args):
     prompt_ids = encode_prompt(args.prompt, bpe, model.config.max_seq_len)
     prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     generator = torch.Generator()  # a CPU generator, whatever the device: a seed means the same draws everywhere
-    if options["seed"] is None:
+    if options["settings"].seed is None:
         generator.seed()
     else:
-        generator.manual_seed(options["seed"])
+        generator.manual_seed(options["settings"].seed)
     beams = beam_texts(model, prompt, bpe, options) if options["beam"] else None
     for index in range(options["num_samples"]):
         if index:
@@ -106,12 +106,10 @@ def stream_sample(model, prompt, bpe, options, generator) -> None:
     from gpt2_llm.infer.generation import generate_tokens
     from gpt2_llm.infer.text_stream import TextStream
 
-    stream = TextStream(bpe.token_bytes(), options["stop"])
+    stream = TextStream(bpe.token_bytes(), options["settings"].stop)
     start, count = time.perf_counter(), 0
-    tokens = generate_tokens(
-        model, prompt, options["num_tokens"], options["temperature"], options["top_k"], options["top_p"],
-        options["repetition_penalty"], generator, eos_token_id=bpe.eot_id, vocab_size=bpe.vocab_size,
-    )
+    tokens = generate_tokens(model, prompt, options["settings"], generator, eos_token_id=bpe.eot_id,
+                             vocab_size=bpe.vocab_size)
     for next_ids in tokens:
         token_id = int(next_ids[0])
         count += 1
@@ -134,12 +132,12 @@ def beam_texts(model, prompt, bpe, options) -> list[str]:
     from gpt2_llm.infer.text_stream import TextStream
 
     beams = beam_search(
-        model, prompt, options["num_tokens"], options["beam"], eos_token_id=bpe.eot_id,
-        repetition_penalty=options["repetition_penalty"], vocab_size=bpe.vocab_size,
+        model, prompt, options["settings"].max_tokens, options["beam"], eos_token_id=bpe.eot_id,
+        repetition_penalty=options["settings"].repetition_penalty, vocab_size=bpe.vocab_size,
     )
     texts = []
     for beam in beams[: options["num_samples"]]:
-        stream = TextStream(bpe.token_bytes(), options["stop"])
+        stream = TextStream(bpe.token_bytes(), options["settings"].stop)
         tokens = beam.tokens[:-1] if beam.tokens and beam.tokens[-1] == bpe.eot_id else beam.tokens
         texts.append("".join(stream.push(t) for t in tokens) + stream.finish())
     return texts
@@ -178,17 +176,22 @@ def parse_options(args) -> dict:
     dtype_name = args.dtype or "fp32"
     if any(stop == "" for stop in args.stop):
         raise UserError("--stop needs a non-empty string")
+    from gpt2_llm.infer.sampling import SamplingSettings
+
+    settings = SamplingSettings(
+        max_tokens=num_tokens,
+        temperature=parse_number(args.temperature, "--temperature", float, low=0.0),
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=parse_number(args.repetition_penalty, "--repetition-penalty", float, low=0.0,
+                                        exclusive_low=True),
+        seed=None if args.seed is None else parse_number(args.seed, "--seed", int, low=0, high=2**63 - 1),
+        stop=args.stop,
+    )
     return {
-        "num_tokens": num_tokens,
-        "temperature": parse_number(args.temperature, "--temperature", float, low=0.0),
-        "top_k": top_k,
-        "top_p": top_p,
-        "repetition_penalty": parse_number(args.repetition_penalty, "--repetition-penalty", float, low=0.0,
-                                           exclusive_low=True),
+        "settings": settings,
         "beam": beam,
         "num_samples": num_samples,
-        "seed": None if args.seed is None else parse_number(args.seed, "--seed", int, low=0, high=2**63 - 1),
-        "stop": list(args.stop),
         "dtype": dtype_name,
         "quantize": args.quantize,
         "timing": args.timing,

@@ -58,7 +58,7 @@ def run(args):
     from gpt2_llm.device import DTYPES, pick_device
     from gpt2_llm.infer.prepare import int8_kernel
     from gpt2_llm.serving.api import create_app
-    from gpt2_llm.serving.batch_decoder import prepare_for_batches
+    from gpt2_llm.serving.slots import prepare_for_batches
     from gpt2_llm.serving.engine import Engine
 
     warning = exposure_warning(options["host"], args.api_key)

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from gpt2_llm.errors import UserError
-from gpt2_llm.infer.generation import TokenWindow, check_generation_args
-from gpt2_llm.infer.sampling import apply_repetition_penalty, check_sampling_settings
+from gpt2_llm.infer.generation import TokenWindow
+from gpt2_llm.infer.sampling import apply_repetition_penalty, check_generation_args, check_sampling_settings
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 
 from gpt2_llm.errors import UserError
 from gpt2_llm.infer.prepare import decoding_model
-from gpt2_llm.infer.sampling import apply_repetition_penalty, check_sampling_settings, sample_next_token
+from gpt2_llm.infer.sampling import SamplingSettings, apply_repetition_penalty, check_generation_args, sample_next_token
 
 
 class TokenWindow:
@@ -95,34 +95,23 @@ def cache_dtype(device: torch.device) -> torch.dtype | None:
     return torch.float32 if device.type == "cpu" else None
 
 
-def check_generation_args(max_new_tokens: int, vocab_size: int | None = None) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise UserError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
-        raise UserError(f"vocab_size must be a positive integer, got {vocab_size!r}")
-
-
 def generate_tokens(
     model,
     input_ids: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float = 1.0,
+    settings: SamplingSettings,
     generator: torch.Generator | None = None,
     eos_token_id: int | None = None,
     vocab_size: int | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Continue prompts (B, T), yielding the next ids (B,) step by step, up to max_new_tokens times.
+    """Continue prompts (B, T), yielding the next ids (B,) step by step, up to settings.max_tokens times.
 
-    temperature 0 is greedy. vocab_size limits choices to ids below it: a model's embedding is
-    often padded past its tokenizer's vocabulary (to a multiple of 64), and a padding id would
-    decode to nothing. Rows that produced eos_token_id keep emitting it; the loop ends when every
-    row has. The model is in eval mode while the generator runs and back in its old mode after.
+    vocab_size limits choices to ids below it: a model's embedding is often padded past its tokenizer's
+    vocabulary (to a multiple of 64), and a padding id would decode to nothing. Rows that produced
+    eos_token_id keep emitting it; the loop ends when every row has. The model is in eval mode while the
+    generator runs and back in its old mode after. (Stop strings are text: TextStream applies them.)
     """
-    check_generation_args(max_new_tokens, vocab_size)
-    check_sampling_settings(temperature, top_k, top_p, repetition_penalty)  # fail before the prefill
+    check_generation_args(settings.max_tokens, vocab_size)
+    max_new_tokens = settings.max_tokens
     was_training = model.training
     model.eval()  # no dropout while sampling
     try:
@@ -135,8 +124,8 @@ def generate_tokens(
             finished = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
         for step in range(max_new_tokens):
             logits = logits[:, :vocab_size].float()  # sampling in fp32 whatever the model's dtype
-            logits = apply_repetition_penalty(logits, window.ids, repetition_penalty)
-            next_ids = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B,)
+            logits = apply_repetition_penalty(logits, window.ids, settings.repetition_penalty)
+            next_ids = sample_next_token(logits, settings.temperature, settings.top_k, settings.top_p, generator)
             if finished is not None:
                 next_ids = next_ids.masked_fill(finished, eos_token_id)
                 finished |= next_ids == eos_token_id

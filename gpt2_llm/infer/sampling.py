@@ -2,12 +2,52 @@
 
 Each filter returns new logits (excluded tokens set to -inf, penalised ones lowered), so they
 compose and end in one softmax + draw. The order is Hugging Face's: repetition penalty on the raw
-logits, then temperature, top-k, top-p. GPT2.generate, the predict CLI, the trainer's samples and
+logits, then temperature, top-k, top-p. GPT2.generate, the predict CLI, the trainer's samples, the server and
 beam_search.py all choose tokens through these functions.
+
+SamplingSettings holds one sequence's choices (and when it ends), checked once where it is built: GPT2.generate,
+`predict` and the server each build one from their own inputs and hand it to the decoding loop.
 """
+from dataclasses import dataclass
+
 import torch
 
 from gpt2_llm.errors import UserError
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How one sequence chooses its tokens and when it ends; a bad value is a UserError when it is built.
+
+    SamplingSettings(max_tokens=50, temperature=0) -> greedy, 50 tokens at most.
+    """
+
+    max_tokens: int = 16  # new tokens at most
+    temperature: float = 1.0  # 0: greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0  # 1: off
+    seed: int | None = None  # the server's per-request seed (generate and predict take a torch.Generator)
+    stop: tuple[str, ...] = ()  # strings that end the text (never printed, not even in part)
+    logprobs: int | None = None  # how many top alternatives to report per token; None: no logprobs
+
+    def __post_init__(self):
+        check_generation_args(self.max_tokens)
+        check_sampling_settings(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
+        for name in ("seed", "logprobs"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise UserError(f"{name} must be an integer >= 0, got {value!r}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if not all(isinstance(stop, str) and stop for stop in self.stop):
+            raise UserError("a stop string must be a non-empty string")
+
+
+def check_generation_args(max_new_tokens: int, vocab_size: int | None = None) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
+        raise UserError(f"vocab_size must be a positive integer, got {vocab_size!r}")
 
 
 def check_sampling_settings(

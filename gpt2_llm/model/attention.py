@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt2_llm.model.kv_cache import LayerKVCache
+from gpt2_llm.model.kv_cache import LayerKVCache, RowPositions
 
 KERNELS = ("auto", "sdpa", "math", "bmm")
 
@@ -65,8 +65,11 @@ def attention_bmm(q, k, v, mask=None, dropout_p: float = 0.0):
     return out.view(B, nh, Tq, hs)
 
 
-def attention_sdpa(q, k, v, start: int = 0, dropout_p: float = 0.0):
-    """PyTorch's fused kernel, for T new queries at positions start.. over start + T keys."""
+def attention_sdpa(q, k, v, start=0, dropout_p: float = 0.0):
+    """PyTorch's fused kernel, for T new queries at positions start.. over start + T keys (start: an int, or
+    RowPositions: one query per row at its own position, with its mask)."""
+    if isinstance(start, RowPositions):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=start.mask, dropout_p=dropout_p)
     T = q.size(-2)
     # A fresh sequence is plain causal; one new token may see every cached one; several new tokens
     # after a cached prefix need the offset mask, because SDPA's is_causal aligns its triangle to
@@ -103,11 +106,16 @@ class RotaryPositionEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """x (B, nh, T, hs) at positions start..start+T-1 -> rotated x, same shape and dtype."""
-        T = x.size(-2)
-        cos = self.cos[start : start + T].to(x.dtype)  # (T, hs/2), broadcast over B, nh
-        sin = self.sin[start : start + T].to(x.dtype)
+    def forward(self, x: torch.Tensor, start=0) -> torch.Tensor:
+        """x (B, nh, T, hs) at positions start..start+T-1 -> rotated x, same shape and dtype.
+        With RowPositions (T = 1), row b turns by its own position."""
+        if isinstance(start, RowPositions):
+            cos = self.cos[start.positions][:, None, None].to(x.dtype)  # (B, hs/2) -> (B, 1, 1, hs/2)
+            sin = self.sin[start.positions][:, None, None].to(x.dtype)
+        else:
+            T = x.size(-2)
+            cos = self.cos[start : start + T].to(x.dtype)  # (T, hs/2), broadcast over B, nh
+            sin = self.sin[start : start + T].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)  # two (B, nh, T, hs/2) halves: the pairs to rotate
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
@@ -133,10 +141,11 @@ class CausalSelfAttention(nn.Module):
         self.rope = (RotaryPositionEmbedding(self.head_dim, config.max_seq_len, config.rope_base)
                      if config.use_rope else None)
 
-    def forward(self, x: torch.Tensor, cache: LayerKVCache | None = None, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerKVCache | None = None, start=0) -> torch.Tensor:
         """x (B, T, C) at positions start..start+T-1 -> (B, T, C).
 
-        With a cache, keys/values of earlier positions come from it and this call's are added.
+        With a cache, keys/values of earlier positions come from it and this call's are added. start is an
+        int (every row at the same positions) or RowPositions (one token per row, each at its own position).
         """
         B, T, C = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.num_heads, self.head_dim)  # (B, T, 3C) -> (B, T, 3, nh, hs)
@@ -149,7 +158,7 @@ class CausalSelfAttention(nn.Module):
 
         dropout_p = self.dropout if self.training else 0.0
         kernel = attention_kernel(q, k.size(-2)) if self.kernel == "auto" else self.kernel
-        if kernel == "sdpa":
+        if kernel == "sdpa" or isinstance(start, RowPositions):  # a mask per row: SDPA takes it as it is
             y = attention_sdpa(q, k, v, start, dropout_p)
         else:
             mask = causal_mask(T, start, x.device) if T > 1 else None  # one new token sees all

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gpt2_llm.model.attention import CausalSelfAttention
 from gpt2_llm.model.config import GPT2Config
-from gpt2_llm.model.kv_cache import KVCache
+from gpt2_llm.model.kv_cache import KVCache, RowPositions
 
 
 class MLP(nn.Module):
@@ -59,12 +59,18 @@ class GPT2Decoder(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.num_layers))
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Without a cache x is a whole sequence; with one, x continues at position cache.length."""
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+                positions: RowPositions | None = None) -> torch.Tensor:
+        """Without a cache x is a whole sequence; with one, x continues at position cache.length, or with
+        positions each row at its own (one token per row; the caller keeps the rows' lengths)."""
         if cache is None:
             recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
             for block in self.blocks:
                 x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+            return x
+        if positions is not None:
+            for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
+                x = block(x, layer_cache, positions)
             return x
         start = cache.length
         cache.check_room(x.size(1))

@@ -16,7 +16,7 @@ from gpt2_llm.model.attention import KERNELS, CausalSelfAttention
 from gpt2_llm.model.blocks import GPT2Decoder
 from gpt2_llm.model.config import GPT2Config
 from gpt2_llm.model.embedding import TokenEmbedding
-from gpt2_llm.model.kv_cache import KVCache
+from gpt2_llm.model.kv_cache import KVCache, RowPositions
 from gpt2_llm.model.linear_cross_entropy import linear_cross_entropy
 
 
@@ -78,33 +78,51 @@ class Transformer(nn.Module):
         """An empty KV cache sized for this model's context, in dtype (None: the keys') (see model/kv_cache.py)."""
         return KVCache(self.config.num_layers, self.config.max_seq_len, dtype)
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """ids (B, T) -> final normalised hidden states (B, T, C), continuing the cache if given."""
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
+                      positions: list[int] | None = None) -> torch.Tensor:
+        """ids (B, T) -> final normalised hidden states (B, T, C), continuing the cache if given.
+
+        positions: each row's position in the cache (B ints), for rows that stand at different lengths (a
+        server's batch): one new token per row (T = 1), written at its row's position; the cache's own
+        length is neither read nor moved (see model/kv_cache.py).
+        """
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if cache is not None:
-            cache.check_room(T)
-        elif T > self.config.max_seq_len:
-            raise UserError(
-                f"sequence of {T} tokens is longer than the model's context ({self.config.max_seq_len}); "
-                "crop it to the last max_seq_len tokens"
-            )
+        if positions is not None:
+            if cache is None or T != 1:
+                raise ValueError("positions per row need a cache and one new token per row")
+            row_positions = RowPositions.of(positions, idx.device)
+            if row_positions.num_keys > self.config.max_seq_len:
+                raise UserError(f"a row at position {row_positions.num_keys - 1} is past the model's context "
+                                f"({self.config.max_seq_len} positions)")
+        else:
+            row_positions = None
+            start = cache.length if cache is not None else 0
+            if cache is not None:
+                cache.check_room(T)
+            elif T > self.config.max_seq_len:
+                raise UserError(
+                    f"sequence of {T} tokens is longer than the model's context ({self.config.max_seq_len}); "
+                    "crop it to the last max_seq_len tokens"
+                )
         x = self.wte(idx)  # (B, T) -> (B, T, C)
         if self.wpe is not None:
-            positions = torch.arange(start, start + T, device=idx.device)
-            x = x + self.wpe(positions)  # (T, C) broadcast over the batch
+            if row_positions is not None:
+                x = x + self.wpe(row_positions.positions)[:, None]  # (B, C) -> (B, 1, C): each row its own
+            else:
+                x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # (T, C) broadcast over B
         x = self.drop(x)
-        x = self.decoder(x, cache)
+        x = self.decoder(x, cache, row_positions)
         return self.ln_f(x)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
-                targets: torch.Tensor | None = None) -> torch.Tensor:
-        """ids (B, T) -> logits (B, T, vocab_size). With a cache, idx continues the cached prefix.
+                targets: torch.Tensor | None = None, positions: list[int] | None = None) -> torch.Tensor:
+        """ids (B, T) -> logits (B, T, vocab_size). With a cache, idx continues the cached prefix (or, with
+        positions, each row its own: see hidden_states).
 
         With targets (B, T) it returns the loss instead (see `loss`), as nanoGPT's forward does: a
         wrapper that must see the whole step go through forward (DistributedDataParallel, FSDP) gets it.
         """
-        hidden = self.hidden_states(idx, cache)  # (B, T, C)
+        hidden = self.hidden_states(idx, cache, positions)  # (B, T, C)
         if targets is not None:
             return linear_cross_entropy(hidden, self.lm_head.weight, targets)
         return self.lm_head(hidden)  # (B, T, C) -> (B, T, V)

@@ -1,6 +1,6 @@
 """`serve`: an OpenAI-compatible HTTP server over one model, decoding its requests in one batch.
 
-    batch_decoder.py  the model's forward over slots that each sit at their own position (per-row KV cache)
+    slots.py          a batch of slots, each a sequence at its own position, on the model's own forward pass
     engine.py         continuous batching: the decode thread, admission, per-sequence sampling and stop rules
     schemas.py        a request's JSON -> checked settings, or an error in OpenAI's shape
     api.py            the FastAPI app: /v1/completions (+ streaming), /v1/models, /health, the playground

@@ -9,7 +9,7 @@
 
 Decoding is bound by memory bandwidth: each step reads every weight once, whether for one row or
 eight, so rows decoded together cost little more than one. Each loop of the thread:
-  1. admit   waiting sequences take free slots; each runs its prompt alone (a prefill, SlotDecoder)
+  1. admit   waiting sequences take free slots; each runs its prompt alone (a prefill, Slots)
   2. choose  every running sequence picks its next token from its own logits with its own settings
              (temperature, top-k, top-p, repetition penalty, seed) and checks its own stop rules
              (max_tokens, <|endoftext|>, stop strings); a finished one leaves its slot at once
@@ -32,25 +32,11 @@ from dataclasses import dataclass, field
 import torch
 
 from gpt2_llm.infer.generation import cache_dtype
-from gpt2_llm.infer.sampling import apply_repetition_penalty, sample_next_token
-from gpt2_llm.serving.batch_decoder import SlotDecoder
+from gpt2_llm.infer.sampling import SamplingSettings, apply_repetition_penalty, sample_next_token
+from gpt2_llm.serving.slots import Slots
 from gpt2_llm.infer.text_stream import TextStream
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How one sequence chooses its tokens and when it ends (checked by schemas.py before they get here)."""
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    logprobs: int | None = None  # how many top alternatives to report per token; None: no logprobs
 
 
 @dataclass
@@ -93,7 +79,7 @@ class Sequence:
 class Engine:
     def __init__(self, model, bpe, max_batch: int = 8, max_queue: int = 64):
         device = model.wte.weight.device
-        self.decoder = SlotDecoder(model, max_batch, cache_dtype(device))
+        self.slots = Slots(model, max_batch, cache_dtype(device))
         self.device = device
         self.token_bytes = bpe.token_bytes()
         self.eot_id = bpe.eot_id
@@ -177,7 +163,7 @@ class Engine:
             return
         rows = self.running
         ids = torch.tensor([s.ids[-1] for s in rows], device=self.device)
-        logits = self.decoder.step(ids, [s.length for s in rows])  # (B, V)
+        logits = self.slots.step(ids, [s.length for s in rows])  # (B, V)
         for row, sequence in enumerate(rows):
             sequence.length += 1
             sequence.logits = logits[row]
@@ -192,7 +178,7 @@ class Engine:
         else:
             sequence.generator.manual_seed(settings.seed + sequence.seed_offset)
         prompt = torch.tensor(sequence.prompt_ids, device=self.device)
-        logits = self.decoder.prefill(sequence.slot, prompt, every_position=sequence.score_prompt)
+        logits = self.slots.prefill(sequence.slot, prompt, every_position=sequence.score_prompt)
         if sequence.score_prompt:  # token t scored by the logits after t - 1; the first has nothing before it
             sequence.prompt_events = [TokenEvent(sequence.prompt_ids[0], "")]
             for position, token in enumerate(sequence.prompt_ids[1:]):
@@ -264,7 +250,7 @@ class Engine:
         use stay slots 0..B-1 (lock held)."""
         last = self.running.pop()
         if last is not sequence:
-            self.decoder.move(last.slot, sequence.slot, last.length)
+            self.slots.move(last.slot, sequence.slot, last.length)
             self.running[sequence.slot] = last
             last.slot = sequence.slot
         sequence.slot = None

@@ -7,10 +7,11 @@ a wrong type or a value out of range is a 400 naming the field, never a crash de
 (LIMITS) keep one request from holding the server: prompts, choices, stop strings and logprobs are
 bounded, and max_tokens by the model's context (checked once the prompt is tokenized, in api.py).
 """
+import dataclasses
 import math
 from dataclasses import dataclass
 
-from gpt2_llm.serving.engine import SamplingSettings
+from gpt2_llm.infer.sampling import SamplingSettings
 
 MAX_BODY_BYTES = 1 << 20  # a request body past 1 MiB is refused unread
 MAX_PROMPTS = 32  # prompts in one request (a list)
@@ -84,7 +85,7 @@ def parse_completion(body, max_tokens_cap: int) -> CompletionRequest:
         logprobs=integer(body, "logprobs", None, 0, MAX_LOGPROBS),
     )
     if settings.top_p == 1.0:
-        settings = SamplingSettings(**{**settings.__dict__, "top_p": None})
+        settings = dataclasses.replace(settings, top_p=None)
     return CompletionRequest(model=model, prompts=prompt_list(body.get("prompt", "")), n=n,
                              echo=boolean(body, "echo"), stream=boolean(body, "stream"),
                              include_usage=boolean(stream_options, "include_usage"), settings=settings)

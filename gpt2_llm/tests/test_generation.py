@@ -8,6 +8,7 @@ import torch
 from gpt2_llm import GPT2
 from gpt2_llm.errors import UserError
 from gpt2_llm.infer.generation import TokenWindow, generate_tokens
+from gpt2_llm.infer.sampling import SamplingSettings
 
 def import_transformers():
     """The reference, for the tests that compare with it: only those skip where it is not installed."""
@@ -54,8 +55,8 @@ def test_greedy_with_repetition_penalty_matches_transformers(hf_pair, penalty):
 def test_generate_tokens_streams_what_generate_returns(small_model):
     model = small_model()
     prompt = ids(2, 5)
-    steps = list(generate_tokens(model, prompt, 12, temperature=0.9, top_k=20,
-                                 generator=torch.Generator().manual_seed(3)))
+    settings = SamplingSettings(max_tokens=12, temperature=0.9, top_k=20)
+    steps = list(generate_tokens(model, prompt, settings, generator=torch.Generator().manual_seed(3)))
     assert len(steps) == 12 and all(step.shape == (2,) for step in steps)
     expected = model.generate(prompt, 12, temperature=0.9, top_k=20, generator=torch.Generator().manual_seed(3))
     assert torch.equal(torch.stack(steps, dim=1), expected[:, 5:])
@@ -63,7 +64,7 @@ def test_generate_tokens_streams_what_generate_returns(small_model):
 
 def test_stopping_a_stream_early_restores_training_mode(small_model):
     model = small_model(dropout=0.1).train()
-    stream = generate_tokens(model, ids(1, 3), 50, temperature=0)
+    stream = generate_tokens(model, ids(1, 3), SamplingSettings(max_tokens=50, temperature=0))
     next(stream)
     assert not model.training  # no dropout while generating
     stream.close()

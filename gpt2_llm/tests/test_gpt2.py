@@ -194,6 +194,35 @@ def test_cached_decoding_equals_full_forward(use_rope, chunks, small_model):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("use_rope", [False, True])
+def test_rows_at_their_own_positions_decode_as_each_row_alone(use_rope, small_model):
+    # One forward pass for every decoder: a server's batch (rows at different lengths) runs hidden_states with a
+    # position per row, and each row's logits are those of its sequence decoded alone, step after step.
+    model = small_model(use_rope=use_rope)
+    lengths, steps = (7, 2, 12), 4
+    sequences = [ids(1, n + steps)[0] for n in lengths]
+    cache = model.new_cache()
+    cache.allocate(len(lengths), model.config.num_heads, model.config.head_dim, torch.float32)
+    with torch.no_grad():
+        for row, n in enumerate(lengths):  # each prompt alone in its row, from position 0
+            model(sequences[row][None, :n], cache.rows(row, row + 1))
+        for step in range(steps):
+            positions = [n + step for n in lengths]
+            batched = model(torch.stack([seq[p] for seq, p in zip(sequences, positions)])[:, None], cache,
+                            positions=positions)
+            alone = torch.stack([model(seq[None, : p + 1])[0, -1] for seq, p in zip(sequences, positions)])
+            torch.testing.assert_close(batched[:, -1], alone, atol=1e-5, rtol=1e-5)
+    assert cache.length == 0  # the caller keeps each row's length; the cache's own is not moved
+
+
+def test_a_row_past_the_context_is_a_user_error(small_model):
+    model = small_model()
+    cache = model.new_cache()
+    cache.allocate(2, model.config.num_heads, model.config.head_dim, torch.float32)
+    with pytest.raises(UserError, match="past the model's context"):
+        model(ids(2, 1), cache, positions=[3, 32])
+
+
 def test_cache_fills_to_context_then_refuses(small_model):
     model = small_model()
     cache = model.new_cache()

@@ -1,11 +1,12 @@
-"""serving/batch_decoder.py and serving/engine.py without HTTP: rows at their own positions, continuous batching."""
+"""serving/slots.py and serving/engine.py without HTTP: rows at their own positions, continuous batching."""
 import threading
 
 import pytest
 import torch
 
-from gpt2_llm.serving.batch_decoder import SlotDecoder
-from gpt2_llm.serving.engine import Engine, SamplingSettings, Sequence
+from gpt2_llm.serving.slots import Slots
+from gpt2_llm.infer.sampling import SamplingSettings
+from gpt2_llm.serving.engine import Engine, Sequence
 from gpt2_llm.tests.conftest import wide_logits_model
 
 
@@ -14,12 +15,12 @@ def test_rows_at_different_positions_get_the_logits_of_their_own_sequence(small_
     model = small_model(use_rope=use_rope)
     torch.manual_seed(1)
     sequences = [torch.randint(0, 101, (length,)) for length in (5, 9, 2)]
-    decoder = SlotDecoder(model, max_batch=4, cache_dtype=torch.float32)
+    slots = Slots(model, max_batch=4, cache_dtype=torch.float32)
     for slot, ids in enumerate(sequences):
-        decoder.prefill(slot, ids[:-1])  # all but the last token, each from position 0
+        slots.prefill(slot, ids[:-1])  # all but the last token, each from position 0
     last = torch.stack([ids[-1] for ids in sequences])
     positions = [len(ids) - 1 for ids in sequences]
-    logits = decoder.step(last, positions)  # one step, three lengths
+    logits = slots.step(last, positions)  # one step, three lengths
     with torch.no_grad():
         expected = torch.stack([model(ids[None])[0, -1] for ids in sequences])
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
@@ -28,10 +29,10 @@ def test_rows_at_different_positions_get_the_logits_of_their_own_sequence(small_
 def test_a_moved_slot_continues_where_it_was(small_model, one_thread):
     model = small_model()
     ids = torch.arange(1, 8)
-    decoder = SlotDecoder(model, max_batch=3, cache_dtype=torch.float32)
-    decoder.prefill(2, ids[:-1])
-    decoder.move(2, 0, len(ids) - 1)  # slot 0's sequence finished; the last one takes its place
-    logits = decoder.step(ids[-1:], [len(ids) - 1])
+    slots = Slots(model, max_batch=3, cache_dtype=torch.float32)
+    slots.prefill(2, ids[:-1])
+    slots.move(2, 0, len(ids) - 1)  # slot 0's sequence finished; the last one takes its place
+    logits = slots.step(ids[-1:], [len(ids) - 1])
     with torch.no_grad():
         torch.testing.assert_close(logits[0], model(ids[None])[0, -1], atol=1e-4, rtol=1e-4)
 
@@ -91,7 +92,7 @@ def test_sequences_that_join_a_running_batch_decode_as_if_alone(bpe, one_thread)
 def test_a_fault_in_a_step_ends_its_sequences_with_an_error_and_the_engine_goes_on(bpe, small_model, one_thread):
     engine = Engine(small_model(vocab_size=bpe.get_model_vocab_size()), bpe, max_batch=2)
     engine.start()
-    working_step = engine.decoder.step
+    working_step = engine.slots.step
 
     def failing_step(*args):
         raise RuntimeError("out of memory")
@@ -103,12 +104,12 @@ def test_a_fault_in_a_step_ends_its_sequences_with_an_error_and_the_engine_goes_
         if event.finish_reason:
             ended.set()
 
-    engine.decoder.step = failing_step
+    engine.slots.step = failing_step
     try:
         engine.submit([Sequence([1, 2, 3], SamplingSettings(max_tokens=5, temperature=0.0), on_token)])
         assert ended.wait(timeout=10)
         assert events[-1].finish_reason == "error" and engine.counts["failed"] == 1
-        engine.decoder.step = working_step
+        engine.slots.step = working_step
         assert len(run_greedy(engine, [[1, 2, 3]], 4)[0]) >= 1  # and it still decodes
     finally:
         engine.close()
