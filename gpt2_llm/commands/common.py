@@ -1,17 +1,21 @@
-"""What the model commands share: default paths, the training flags, and loading the model a command
-works on (a checkpoint + its vocab, or a Hugging Face GPT-2 directory, optionally with a LoRA adapter).
+"""What the model commands share: default paths, the training flags, the base-model flags, parsing a number,
+and the dtype names (loading the model they name is the library's: gpt2_llm/load.py).
 
 No torch at import time: main.py imports a command's module to build its flags, and a mistyped
 flag must be reported at once.
 """
-import os
-import sys
+import math
 from pathlib import Path
 
 from gpt2_llm.train.config import DEFAULT_MODEL, OPTIMIZERS
 from gpt2_llm.data.corpus import add_corpus_arguments
 from gpt2_llm.errors import UserError
-from gpt2_llm.tokenizer.vocab import DEFAULT_VOCAB, check_vocab, load_vocab
+from gpt2_llm.tokenizer.vocab import DEFAULT_VOCAB
+
+# The --dtype choices: device.DTYPES's names (listed here so that building the flags needs no torch; a test
+# holds the two equal). Inference runs in fp32 or bf16.
+DTYPE_NAMES = ("fp32", "bf16", "fp16")
+INFERENCE_DTYPE_NAMES = ("fp32", "bf16")
 
 # flag -> TrainingConfig field, for flags that tune training rather than the model.
 TRAINING_FLAGS = {
@@ -70,7 +74,7 @@ def add_training_arguments(parser, default_save):
                           "head, norms and biases")
     opt.add_argument("--seed", type=int, help="seed for weights, batches and dropout (default 1337)")
     run = parser.add_argument_group("where and how")
-    run.add_argument("--dtype", choices=("fp32", "bf16", "fp16"),
+    run.add_argument("--dtype", choices=DTYPE_NAMES,
                      help="autocast precision (default: bf16 where the hardware has it, else fp16 on CUDA, else fp32)")
     run.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (slow start)")
     run.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu); "
@@ -153,85 +157,18 @@ def add_base_arguments(parser, title, checkpoint_help):
                             "vocab.json, merges.txt)")
 
 
-def load_model_and_vocab(model_path, vocab_path, pretrained, adapter_path=None):
-    """-> (GPT2, BPE): a checkpoint + vocab file, or a Hugging Face directory (pretrained), with the LoRA
-    adapter at adapter_path (if any) applied and merged into the weights. With an adapter and no model,
-    the base is the one the adapter records."""
-    from gpt2_llm.finetune.lora import merge_lora
-
-    model, bpe, _ = load_adapted_base(model_path, vocab_path, pretrained, adapter_path)
-    return (model if adapter_path is None else merge_lora(model)), bpe
-
-
-def load_adapted_base(base_path, vocab_path, pretrained, adapter_path=None, adapter=None):
-    """-> (model, BPE, (base_path, pretrained)): the base (by default the one the adapter records) and
-    its vocab, with the adapter at adapter_path (adapter: its (tensors, metadata) if already read) added,
-    unmerged. The adapter file is read first, so that a wrong one fails before the slow model load."""
-    if adapter_path is not None and adapter is None:
-        adapter = load_adapter_file(adapter_path)
-    if adapter is not None and base_path is None and pretrained is None:
-        base_path, pretrained = recorded_base(adapter[1], adapter_path)
-    model, bpe = load_base(base_path, vocab_path, pretrained)
-    if adapter is not None:
-        model = apply_adapter(model, bpe, adapter_path, *adapter)
-    return model, bpe, (base_path, pretrained)
-
-
-def load_base(base_path, vocab_path, pretrained):
-    """-> (GPT2, BPE): a checkpoint + its vocab, or a Hugging Face directory, which is its own vocab."""
-    from gpt2_llm.checkpoints import loading
-    from gpt2_llm.gpt2 import GPT2
-
-    if pretrained is not None:
-        if base_path is not None:
-            raise UserError("give either a checkpoint and vocab file or --pretrained DIR, not both")
-        if vocab_path is not None and Path(vocab_path).resolve() != Path(pretrained).resolve():
-            raise UserError(f"with --pretrained the vocabulary is {pretrained}'s own: pass {pretrained} as the "
-                            "vocab, or leave the vocab out")
-        if not os.path.isdir(pretrained):
-            raise UserError(f"--pretrained {pretrained}: no such directory; pass a Hugging Face GPT-2 directory")
-        base_path = vocab_path = pretrained
-    else:
-        base_path = base_path or DEFAULT_MODEL
-        if not os.path.exists(base_path):
-            raise UserError(f"model file {base_path} not found; train one with: python main.py train "
-                            "(or pass a checkpoint path, or --pretrained DIR)")
-    bpe = load_vocab(vocab_path or DEFAULT_VOCAB)  # first: a wrong vocab fails before the slow model load
-    model, metadata = loading.load_model(base_path, GPT2)
-    check_vocab(bpe, metadata, model.config, base_path)
-    return model, bpe
-
-
-def load_adapter_file(path):
-    """-> (tensors, metadata) of a LoRA adapter file, refusing anything else with a clear message."""
-    from gpt2_llm.checkpoints import checkpoint
-    from gpt2_llm.finetune import lora
-
-    tensors, metadata = checkpoint.load_checkpoint(path)
-    lora.read_adapter_metadata(metadata, path)
-    return tensors, metadata
-
-
-def apply_adapter(model, bpe, adapter_path, tensors=None, metadata=None):
-    """Add the LoRA adapter at adapter_path (or its loaded tensors + metadata) to a freshly loaded base
-    model, in place: refused for a base of another shape or another vocabulary, a note for other weights."""
-    from gpt2_llm.finetune import lora
-
-    if tensors is None:
-        tensors, metadata = load_adapter_file(adapter_path)
-    check_vocab(bpe, metadata, model.config, adapter_path)
-    model, warning = lora.apply_adapter(model, tensors, metadata, adapter_path)
-    if warning:
-        print(f"note: {warning}", file=sys.stderr)
-    return model
-
-
-def recorded_base(metadata, adapter_path) -> tuple[str | None, str | None]:
-    """(checkpoint, pretrained directory) of the base an adapter file says it was trained on."""
-    from gpt2_llm.finetune import lora
-
-    recorded = lora.read_adapter_metadata(metadata, adapter_path).get("base") or {}
-    checkpoint_path, pretrained = recorded.get("checkpoint"), recorded.get("pretrained")
-    if checkpoint_path is None and pretrained is None:
-        raise UserError(f"{adapter_path} does not say which base it adapts: pass the base model")
-    return checkpoint_path, pretrained
+def parse_number(text, name, kind, low=None, high=None, exclusive_low=False):
+    """parse_number("0.8", "--temperature", float, low=0.0) -> 0.8; a bad value -> UserError."""
+    what = "an integer" if kind is int else "a number"
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be {what}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, got {text!r}")
+    too_low = low is not None and (value <= low if exclusive_low else value < low)
+    if too_low or (high is not None and value > high):
+        bounds = {(True, True): f"between {low} and {high}", (True, False): f"{'>' if exclusive_low else '>='} {low}",
+                  (False, True): f"<= {high}"}[low is not None, high is not None]
+        raise UserError(f"{name} must be {bounds}, got {text}")
+    return value

@@ -15,7 +15,7 @@ import os
 import sys
 
 from bpe import FORMAT_HEADER
-from gpt2_llm.commands.predict_command import DTYPE_NAMES, parse_number
+from gpt2_llm.commands.common import INFERENCE_DTYPE_NAMES, parse_number
 from gpt2_llm.data.corpus import add_corpus_arguments
 from gpt2_llm.errors import UserError
 from gpt2_llm.tokenizer.vocab import DEFAULT_VOCAB, GPT2_FILES
@@ -58,7 +58,7 @@ def run(args):
     options = parse_options(args)  # every flag checked before the (slow) model load
     import torch
 
-    from gpt2_llm.commands.common import load_model_and_vocab
+    from gpt2_llm.load import load_model_and_vocab
     from gpt2_llm.device import pick_device
 
     device = pick_device(args.device)
@@ -131,7 +131,7 @@ def parse_options(args) -> dict:
     if args.more_models and args.pretrained:
         raise UserError("--model scores more checkpoints with the same vocab file; with --pretrained the vocab is "
                         "the directory's own: evaluate each --pretrained directory in its own command")
-    if args.dtype is not None and args.dtype not in DTYPE_NAMES:
+    if args.dtype is not None and args.dtype not in INFERENCE_DTYPE_NAMES:
         raise UserError(f"--dtype {args.dtype}: use fp32 or bf16")
     context = None if args.context is None else parse_number(args.context, "--context", int, low=2)
     stride = None if args.stride is None else parse_number(args.stride, "--stride", int, low=1)

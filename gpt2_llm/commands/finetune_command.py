@@ -12,8 +12,7 @@ the same flags, bf16, evaluation in bits per byte, progress, atomic saves, Ctrl-
 """
 
 from gpt2_llm.commands.common import (DEFAULT_VOCAB, add_base_arguments, add_training_arguments, check_can_save,
-                                      load_adapted_base, load_base, report_result, run_in_process_group,
-                                      training_inputs, training_options)
+                                      report_result, run_in_process_group, training_inputs, training_options)
 from gpt2_llm.errors import UserError
 
 DEFAULT_ADAPTER = "adapter.safetensors"
@@ -76,6 +75,7 @@ def finetune(args, context):
 def new_trainer(args, lora_flags, options):
     """A fresh fine-tuning run on --base or --pretrained: a new optimizer and schedule from step 0."""
     from gpt2_llm.finetune import lora
+    from gpt2_llm.load import load_base
     from gpt2_llm.train.config import TrainingConfig
     from gpt2_llm.train.trainer import Trainer
 
@@ -99,8 +99,9 @@ def resumed_trainer(args, lora_flags, options):
     """Continue a fine-tuning run from its adapter file (or, with --full, its whole checkpoint)."""
     from gpt2_llm.checkpoints import checkpoint
     from gpt2_llm.finetune import lora
-    from gpt2_llm.train.trainer import Trainer
+    from gpt2_llm.load import load_adapted_base
     from gpt2_llm.tokenizer.vocab import load_vocab
+    from gpt2_llm.train.trainer import Trainer
 
     tensors, metadata = checkpoint.load_checkpoint(args.checkpoint)
     if "adapter" not in metadata:

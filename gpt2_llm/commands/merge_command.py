@@ -9,8 +9,7 @@ adapter computed, needs no adapter at run time, and can be trained on, quantized
 """
 import os
 
-from gpt2_llm.commands.common import (DEFAULT_VOCAB, add_base_arguments, check_can_save, load_adapted_base,
-                                      load_adapter_file)
+from gpt2_llm.commands.common import DEFAULT_VOCAB, add_base_arguments, check_can_save
 from gpt2_llm.errors import UserError
 
 DEFAULT_OUTPUT = "merged_model.pt"
@@ -34,6 +33,7 @@ def run(args):
     from safetensors import SafetensorError
 
     from gpt2_llm.finetune.lora import merge_lora
+    from gpt2_llm.load import load_adapted_base, load_adapter_file
 
     output = args.output or (DEFAULT_HF_OUTPUT if args.hf else DEFAULT_OUTPUT)
     if args.hf:

@@ -9,16 +9,15 @@ text_stream.py). Generation ends after num_tokens, at <|endoftext|>, or at a --s
 is not printed). --beam N searches instead of sampling and prints the best beam at the end.
 Flag values are checked here, so that a bad one is a one-line error (exit 2), not a traceback.
 """
-import math
 import sys
 import time
 
+from gpt2_llm.commands.common import INFERENCE_DTYPE_NAMES, parse_number
 from gpt2_llm.errors import UserError
 
 MAX_NEW_TOKENS = 100_000  # beyond this a typo is likelier than a wish (and it would run for hours)
 MAX_BEAMS = 64
 MAX_SAMPLES = 1000
-DTYPE_NAMES = ("fp32", "bf16")
 
 
 def add_arguments(name, parser):
@@ -63,19 +62,12 @@ def run(args):
     options = parse_options(args)  # every flag checked before the (slow) model load
     import torch
 
-    from gpt2_llm.commands.common import apply_adapter, load_adapter_file, load_model_and_vocab, recorded_base
-    from gpt2_llm.finetune.lora import merge_lora
     from gpt2_llm.device import DTYPES, pick_device
     from gpt2_llm.infer.prepare import int8_kernel
+    from gpt2_llm.load import load_model_and_vocab
 
     device = pick_device(args.device)
-    adapter = load_adapter_file(args.adapter) if args.adapter else None  # a wrong file fails before the model loads
-    model_path, pretrained = args.model, args.pretrained
-    if adapter is not None and model_path is None and pretrained is None:  # the base the adapter was trained on
-        model_path, pretrained = recorded_base(adapter[1], args.adapter)
-    model, bpe = load_model_and_vocab(model_path, args.vocab, pretrained)
-    if adapter is not None:
-        model = merge_lora(apply_adapter(model, bpe, args.adapter, *adapter))
+    model, bpe = load_model_and_vocab(args.model, args.vocab, args.pretrained, args.adapter)
     if options["quantize"] and int8_kernel(device).name is None and device.type == "cpu":
         print(f"note: {int8_kernel(device).reason}", file=sys.stderr)  # it falls back to fp32 weights
     start = time.perf_counter()
@@ -171,7 +163,7 @@ def parse_options(args) -> dict:
         raise UserError("--top-p must be in (0, 1], got 0")
     if args.quantize not in (None, "int8"):
         raise UserError(f"--quantize {args.quantize}: the one quantization is int8")
-    if args.dtype is not None and args.dtype not in DTYPE_NAMES:
+    if args.dtype is not None and args.dtype not in INFERENCE_DTYPE_NAMES:
         raise UserError(f"--dtype {args.dtype}: use fp32 or bf16")
     dtype_name = args.dtype or "fp32"
     if any(stop == "" for stop in args.stop):
@@ -196,20 +188,3 @@ def parse_options(args) -> dict:
         "quantize": args.quantize,
         "timing": args.timing,
     }
-
-
-def parse_number(text, name, kind, low=None, high=None, exclusive_low=False):
-    """parse_number("0.8", "--temperature", float, low=0.0) -> 0.8; a bad value -> UserError."""
-    what = "an integer" if kind is int else "a number"
-    try:
-        value = kind(text)
-    except (TypeError, ValueError):
-        raise UserError(f"{name} must be {what}, got {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise UserError(f"{name} must be a finite number, got {text!r}")
-    too_low = low is not None and (value <= low if exclusive_low else value < low)
-    if too_low or (high is not None and value > high):
-        bounds = {(True, True): f"between {low} and {high}", (True, False): f"{'>' if exclusive_low else '>='} {low}",
-                  (False, True): f"<= {high}"}[low is not None, high is not None]
-        raise UserError(f"{name} must be {bounds}, got {text}")
-    return value

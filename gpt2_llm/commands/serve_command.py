@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from gpt2_llm.commands.predict_command import DTYPE_NAMES, parse_number
+from gpt2_llm.commands.common import INFERENCE_DTYPE_NAMES, parse_number
 from gpt2_llm.errors import UserError
 
 MAX_BATCH = 256
@@ -54,7 +54,7 @@ def run(args):
     except ImportError as missing:
         raise UserError(f"serve needs FastAPI and uvicorn ({missing.name} is missing): "
                         "pip install -r requirements-serve.txt") from None
-    from gpt2_llm.commands.common import load_model_and_vocab
+    from gpt2_llm.load import load_model_and_vocab
     from gpt2_llm.device import DTYPES, pick_device
     from gpt2_llm.infer.prepare import int8_kernel
     from gpt2_llm.serving.api import create_app
@@ -130,7 +130,7 @@ def parse_options(args) -> dict:
     """Check every flag -> plain values, or raise UserError naming the flag (nothing imported yet)."""
     if args.quantize not in (None, "int8"):
         raise UserError(f"--quantize {args.quantize}: the one quantization is int8")
-    if args.dtype is not None and args.dtype not in DTYPE_NAMES:
+    if args.dtype is not None and args.dtype not in INFERENCE_DTYPE_NAMES:
         raise UserError(f"--dtype {args.dtype}: use fp32 or bf16")
     if args.api_key is not None and not args.api_key.strip():
         raise UserError("--api-key needs a non-empty key")

@@ -67,3 +67,10 @@ def test_mps_defaults_to_fp32():
 def test_an_unknown_dtype_is_a_user_error():
     with pytest.raises(UserError, match="unknown dtype 'fp8'"):
         choose_dtype("fp8", CPU)
+
+
+def test_the_clis_dtype_names_are_the_devices():
+    from gpt2_llm.commands.common import DTYPE_NAMES, INFERENCE_DTYPE_NAMES
+
+    assert DTYPE_NAMES == tuple(device_module.DTYPES)  # the flags are built without torch, from this list
+    assert set(INFERENCE_DTYPE_NAMES) <= set(DTYPE_NAMES)
