@@ -17,26 +17,10 @@ from gpt2_llm.tokenizer.vocab import DEFAULT_VOCAB
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
 INFERENCE_DTYPE_NAMES = ("fp32", "bf16")
 
-# flag -> TrainingConfig field, for flags that tune training rather than the model.
-TRAINING_FLAGS = {
-    "batch_size": "batch_size",
-    "lr": "learning_rate",
-    "grad_accum": "grad_accum",
-    "warmup": "warmup_steps",
-    "seed": "seed",
-    "optimizer": "optimizer",
-    "val_fraction": "val_fraction",
-    "eval_interval": "eval_interval",
-    "eval_tokens": "eval_tokens",
-    "dtype": "dtype",
-    "device": "device",
-    "compile": "compile",
-    "log_file": "log_file",
-    "grad_checkpoint": "grad_checkpoint",
-    "fsdp": "fsdp",
-    "text_field": "text_field",
-    "skip_bad_files": "skip_bad_files",
-}
+# The TrainingConfig fields the training flags set (each flag's dest is its field).
+TRAINING_FIELDS = ("batch_size", "learning_rate", "grad_accum", "warmup_steps", "seed", "optimizer", "val_fraction",
+                   "eval_interval", "eval_tokens", "dtype", "device", "compile", "log_file", "grad_checkpoint", "fsdp",
+                   "text_field", "skip_bad_files")
 
 
 # --- training: the flags and the run around it, shared by `train` and `finetune` -----------------
@@ -66,9 +50,11 @@ def add_training_arguments(parser, default_save):
     add_corpus_arguments(data)
     opt = parser.add_argument_group("optimization")
     opt.add_argument("--batch-size", type=int, help="windows per micro-batch (preset default)")
-    opt.add_argument("--lr", type=float, help="peak learning rate (preset default)")
+    opt.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float,
+                     help="peak learning rate (preset default)")
     opt.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
-    opt.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay (preset default)")
+    opt.add_argument("--warmup", "--warmup-steps", dest="warmup_steps", type=int,
+                     help="linear warmup steps before the cosine decay (preset default)")
     opt.add_argument("--optimizer", choices=OPTIMIZERS,
                      help="adamw (default), or muon: Muon for the decoder's weight matrices, AdamW for embeddings, "
                           "head, norms and biases")
@@ -102,7 +88,7 @@ def training_inputs(args, default=None) -> list:
 
 def training_options(args, context) -> dict:
     """Trainer options from the flags given (those left out fall back to a checkpoint, then a preset)."""
-    options = {field: getattr(args, flag) for flag, field in TRAINING_FLAGS.items() if getattr(args, flag) is not None}
+    options = {field: getattr(args, field) for field in TRAINING_FIELDS if getattr(args, field) is not None}
     options["progress"] = not args.no_progress
     if context is not None:
         options["distributed_context"] = context

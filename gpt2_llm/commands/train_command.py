@@ -20,15 +20,9 @@ from gpt2_llm.errors import UserError
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "data" / "shakespeare.txt"
 MAX_CONTEXT = 1 << 16  # GPT-2 has 1024; far beyond, a typo is likelier than a wish (and memory runs out)
 
-# flag -> (GPT2Config field, what it means); these must agree with a checkpoint being resumed.
-ARCHITECTURE_FLAGS = {
-    "layers": "num_layers",
-    "dim": "embedding_dim",
-    "heads": "num_heads",
-    "context": "max_seq_len",
-    "dropout": "dropout",
-    "rope": "use_rope",
-}
+# The GPT2Config fields the shape flags set (each flag's dest is its field); they must agree with a checkpoint
+# being resumed.
+ARCHITECTURE_FIELDS = ("num_layers", "embedding_dim", "num_heads", "max_seq_len", "dropout", "use_rope")
 
 
 def add_arguments(name, parser):
@@ -44,12 +38,14 @@ def add_arguments(name, parser):
     shape.add_argument("--preset", choices=tuple(PRESET_TABLE), default=None,
                        help=f"named model shape and training settings (default: {DEFAULT_PRESET}). "
                             + "; ".join(f"{name}: {preset.summary}" for name, preset in PRESET_TABLE.items()))
-    shape.add_argument("--layers", type=int, help="number of decoder blocks")
-    shape.add_argument("--dim", type=int, help="embedding (residual stream) width")
-    shape.add_argument("--heads", type=int, help="attention heads (must divide --dim)")
-    shape.add_argument("--context", type=int, help="context length in tokens (window size for training)")
+    shape.add_argument("--layers", "--num-layers", dest="num_layers", type=int, help="number of decoder blocks")
+    shape.add_argument("--dim", "--embedding-dim", dest="embedding_dim", type=int,
+                       help="embedding (residual stream) width")
+    shape.add_argument("--heads", "--num-heads", dest="num_heads", type=int, help="attention heads (must divide --dim)")
+    shape.add_argument("--context", "--max-seq-len", dest="max_seq_len", type=int,
+                       help="context length in tokens (window size for training)")
     shape.add_argument("--dropout", type=float, help="dropout rate (default 0)")
-    shape.add_argument("--rope", action="store_true", default=None,
+    shape.add_argument("--rope", "--use-rope", dest="use_rope", action="store_true", default=None,
                        help="rotary position embeddings instead of a learned position table")
     shape.add_argument("--vocab-size", type=int,
                        help="size of a vocab created here (default: recommended for the file)")
@@ -66,8 +62,8 @@ def train(args, context):
 
     is_main_process = context is None or context.is_main_process
     inputs = training_inputs(args, str(DEFAULT_CORPUS))
-    if args.context is not None and not 1 <= args.context <= MAX_CONTEXT:
-        raise UserError(f"--context must be between 1 and {MAX_CONTEXT}, got {args.context}")
+    if args.max_seq_len is not None and not 1 <= args.max_seq_len <= MAX_CONTEXT:
+        raise UserError(f"--context must be between 1 and {MAX_CONTEXT}, got {args.max_seq_len}")
     check_can_save(args.save or args.checkpoint or DEFAULT_MODEL)  # before training, not after
     with distributed.main_process_first(context):  # rank 0 creates a missing vocab; the others then load it
         bpe = ensure_vocab(args, inputs, is_main_process)
@@ -90,9 +86,7 @@ def new_trainer(args, bpe, options):
 
     preset = PRESET_TABLE[args.preset or DEFAULT_PRESET]
     shape = dict(preset.shape)
-    for flag, field in ARCHITECTURE_FLAGS.items():
-        if getattr(args, flag) is not None:
-            shape[field] = getattr(args, flag)
+    shape.update({field: getattr(args, field) for field in ARCHITECTURE_FIELDS if getattr(args, field) is not None})
     settings = {**preset.training, **options}
     return Trainer.create_trainer_from_vocab(
         bpe.vocab_path,
@@ -110,8 +104,7 @@ def new_trainer(args, bpe, options):
 
 def check_architecture_flags(args, config):
     """A resumed model keeps its shape: refuse flags that ask for another one."""
-    wanted = {field: getattr(args, flag) for flag, field in ARCHITECTURE_FLAGS.items()
-              if getattr(args, flag) is not None}
+    wanted = {field: getattr(args, field) for field in ARCHITECTURE_FIELDS if getattr(args, field) is not None}
     if args.preset:
         wanted = {**PRESET_TABLE[args.preset].shape, **wanted}
     conflicts = [f"{field} {value} (checkpoint has {getattr(config, field)})"

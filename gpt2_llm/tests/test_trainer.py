@@ -19,7 +19,9 @@ from bpe import BPE
 from gpt2_llm.checkpoints import checkpoint
 from gpt2_llm.errors import UserError
 from gpt2_llm.gpt2 import GPT2
+from gpt2_llm.model.config import GPT2Config
 from gpt2_llm.tests.conftest import MAIN, REPO
+from gpt2_llm.train.config import TrainingConfig
 from gpt2_llm.train.trainer import Trainer
 from gpt2_llm.tokenizer.vocab import load_vocab
 
@@ -59,6 +61,19 @@ def test_loss_falls(vocab, corpus, tmp_path):
     assert result.stop_reason == "finished" and result.steps == 40
     assert result.val_loss < loss_before - 1.0, (loss_before, result.val_loss)
     assert result.val_bpb < bpb_before - 1.0
+
+
+def test_a_config_passed_whole_trains_as_the_seeds_keyword_form(vocab):
+    bpe = load_vocab(vocab)
+    model = GPT2(GPT2Config(vocab_size=bpe.get_model_vocab_size(), embedding_dim=32, num_layers=2, num_heads=2,
+                            max_seq_len=32))
+    config = TrainingConfig(context_length=32, batch_size=4, learning_rate=3e-3, dtype="fp32", **QUIET)
+    whole = Trainer(model, bpe, config)
+    seed_form = Trainer(model=model, bpe=bpe, max_seq_len=32, batch_size=4, learning_rate=3e-3, dtype="fp32",
+                        **QUIET)
+    assert whole.config == seed_form.config
+    with pytest.raises(UserError, match="from the config alone"):
+        Trainer(model, bpe, config, batch_size=8)
 
 
 @pytest.mark.parametrize("dtype, optimizer", [("fp32", "adamw"), ("bf16", "adamw"), ("fp32", "muon"), ("bf16", "muon")])

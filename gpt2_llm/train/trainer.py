@@ -51,17 +51,26 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, model: GPT2, bpe, max_seq_len: int, batch_size: int, learning_rate: float,
+    def __init__(self, model: GPT2, bpe, max_seq_len: int | TrainingConfig, batch_size: int | None = None,
+                 learning_rate: float | None = None,
                  distributed_context: distributed.DistributedContext | None = None, adapter: dict | None = None,
                  **options):
-        """options: any TrainingConfig field (grad_accum, warmup_steps, dtype, device, seed, ...).
+        """Trainer(model, bpe, TrainingConfig(...)), or the seed's form: Trainer(model=..., bpe=...,
+        max_seq_len=..., batch_size=..., learning_rate=..., **options), options being any other TrainingConfig
+        field (grad_accum, warmup_steps, dtype, device, seed, ...); max_seq_len is the config's context_length.
 
         distributed_context: from distributed.start() under torchrun; batch_size is then per rank.
         adapter: lora.adapter_metadata(...) when model carries LoRA adapters (lora.add_lora): only
         they train (the optimizer holds just the parameters that require grad), and checkpoints
         are adapter files, holding the adapters alone.
         """
-        self.config = config = TrainingConfig(max_seq_len, batch_size, learning_rate, **options)
+        if isinstance(max_seq_len, TrainingConfig):  # the config passed whole
+            if batch_size is not None or learning_rate is not None or options:
+                raise UserError("Trainer(model, bpe, config) takes its settings from the config alone")
+            config = max_seq_len
+        else:
+            config = TrainingConfig(max_seq_len, batch_size, learning_rate, **options)
+        self.config = config
         if config.context_length > model.config.max_seq_len:
             raise UserError(
                 f"context {config.context_length} is longer than the model's max_seq_len {model.config.max_seq_len}"
@@ -94,7 +103,7 @@ class Trainer:
             self.train_model = distributed.wrap(model, self.device)
             loss_fn = lambda x, y: self.train_model(x, targets=y)  # noqa: E731
         self.loss_fn = torch.compile(loss_fn) if config.compile else loss_fn
-        self.optimizer = make_optimizer(config.optimizer, model, learning_rate, config.weight_decay, config.betas,
+        self.optimizer = make_optimizer(config.optimizer, model, config.learning_rate, config.weight_decay, config.betas,
                                         self.device.type)
         # fp16 has too few exponent bits for small gradients: scale the loss up, unscale before clipping.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
