@@ -123,7 +123,7 @@ def keep_freed_memory_on_cpu() -> None:
 
     By default glibc unmaps big freed blocks and trims the heap, so every training step page-faults
     its activations in again, zero-filled by the kernel: for a small model that is a fifth of the
-    step. Keeping up to 1 GB of freed memory for reuse made the quick preset ~1.2x faster on CPU.
+    step. Keeping up to 1 GB of freed memory for reuse makes small models' steps faster (bench/RESULTS.md).
     """
     if not sys.platform.startswith("linux"):
         return

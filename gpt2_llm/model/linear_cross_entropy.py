@@ -23,8 +23,8 @@ The matmuls are the same three the plain path runs; what goes is the N x V memor
 softmax of a chunk is still in cache when its gradient is taken), and its peak memory.
 
 PyTorch 2.13's own `F.linear_cross_entropy(..., options=LinearCrossEntropyOptions())` does the same
-but runs in fp32 under bf16 autocast: on a CPU it was 1.2-2.9x slower than the plain path (bench/RESULTS.md,
-"Issue 14 (session 5)"), so this is the one the model uses.
+but runs in fp32 under bf16 autocast, which on a CPU made it slower than even the plain path (bench/RESULTS.md,
+"The head and the loss without the logits"), so this is the one the model uses.
 """
 import torch
 import torch.nn.functional as F

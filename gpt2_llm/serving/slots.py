@@ -23,8 +23,8 @@ def prepare_for_batches(model, device: torch.device, dtype: torch.dtype, quantiz
     """GPT2.for_inference (in place), but with CPU weights prepacked for batches of up to max_batch rows.
 
     oneDNN lays a prepacked weight out for the batch size it is told. PackedLinear's layout is for one
-    row (what `predict` decodes); a batch of 8 rows through it runs a slow path: a GPT-2 small step on
-    2 cores takes 27 ms for 8 rows, against 16.5 ms with the layout for 8, which is no slower for one.
+    row (what `predict` decodes); a batch of 8 rows through it runs a slow path, much slower than with
+    the layout for 8, which is no slower for one row (figures: bench/RESULTS.md, `serve`).
     """
     if quantize is not None or device.type != "cpu" or not can_prepack(dtype):
         return model.for_inference(dtype, quantize, device)

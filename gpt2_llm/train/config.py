@@ -81,20 +81,17 @@ PRESET_TABLE: dict[str, Preset] = {
     "tiny": Preset("2x64, context 64: for tests and smoke runs",
                    dict(num_layers=2, embedding_dim=64, num_heads=2, max_seq_len=64),
                    dict(batch_size=8, learning_rate=1e-3, warmup_steps=20, eval_interval=100)),
-    # The best a 2-core CPU trains in ~100 s (measured: see README "quick preset"). With a ~10k vocab the
-    # tied head is most of the compute, so a wider or deeper body only costs tokens. Small batches (more
-    # updates per second) and a high lr, which a 4x128 model takes well. Muon (see optim.py) beat AdamW here at
-    # equal wall-clock though it ran ~25% fewer steps (before BatchedMuon): 1.98 vs 2.07 bits per byte on
-    # Shakespeare in 100 s, and at 6e-3 (tried 2e-3, 4e-3, 6e-3) it did best (README "quick preset").
+    # The best a 2-core CPU trains in ~100 s. With a ~10k vocab the tied head is most of the compute, so a
+    # wider or deeper body only costs tokens. Small batches (more updates per second) and a high lr, which a
+    # 4x128 model takes well. Muon (see optim.py) beat AdamW here at equal wall-clock, at the best of the lrs
+    # tried (bench/RESULTS.md, "`quick` preset").
     "quick": Preset("4x128, context 128: the best model a 2-core CPU trains in a few minutes",
                     dict(num_layers=4, embedding_dim=128, num_heads=4, max_seq_len=128),
                     dict(batch_size=8, learning_rate=6e-3, warmup_steps=60, eval_interval=250, eval_tokens=65536,
                          optimizer="muon")),
     # The benchmark's shape: GPT-2 depth at ~60% width and a quarter of the context. Muon at batch 16: its
-    # Newton-Schulz costs ~0.5 s a step at this width whatever the batch, so it needs tokens per step to pay
-    # off. On Shakespeare in 300 s (bf16, 2 cores) it reached 2.167 bits per byte where AdamW at the old
-    # batch 4, lr 3e-4 reached 2.259 (tried: AdamW b4 3e-4 / 1e-3, b16 1e-3; Muon b4 3e-3, b16 3e-3 / 6e-3,
-    # b32 3e-3; bench/RESULTS.md, "Issue 14 (session 6)").
+    # Newton-Schulz costs the same at this width whatever the batch, so it needs tokens per step to pay off;
+    # it beat AdamW in equal time at every batch and lr tried (bench/RESULTS.md, "`small` preset").
     "small": Preset("12x480, context 256",
                     dict(num_layers=12, embedding_dim=480, num_heads=12, max_seq_len=256),
                     dict(batch_size=16, learning_rate=3e-3, warmup_steps=30, eval_interval=60, optimizer="muon")),

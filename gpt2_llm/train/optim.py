@@ -67,8 +67,8 @@ def make_optimizer(name: str, model: nn.Module, learning_rate: float, weight_dec
 
 # Below this many elements a matrix's Newton-Schulz matmuls are too small to keep the cores busy, and the
 # time goes to launching them: same-shape matrices then run as one batched matmul (modded-nanogpt's trick),
-# which makes the optimizer step 1.5x faster at the `quick` shape. Above it a loop of plain matmuls beats bmm
-# on a CPU (measured from 256 x 256 up: 1.0-1.3x), so big matrices keep torch.optim.Muon's loop.
+# which makes the optimizer step faster at the `quick` shape. Above it a loop of plain matmuls beats bmm on a
+# CPU, so big matrices keep torch.optim.Muon's loop (figures for both CPU kinds: bench/RESULTS.md).
 BATCH_MAX_ELEMENTS = 1 << 17
 
 
