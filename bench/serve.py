@@ -40,7 +40,7 @@ from generate import PROMPT, SHAPE, cli_tokens_per_s, gpt2_tokenizer_files  # no
 from bpe import BPE  # noqa: E402
 from gpt2_llm import GPT2  # noqa: E402
 from gpt2_llm.infer.generation import TokenWindow  # noqa: E402
-from gpt2_llm.tests.conftest import LiveServer  # noqa: E402  (the tests' server runner)
+from gpt2_llm.tests.helpers import LiveServer  # noqa: E402  (the tests' server runner)
 
 PROMPTS = [PROMPT, "In a hole in the ground there lived a hobbit. Not a nasty, dirty, wet hole, filled with",
            "It was the best of times, it was the worst of times, it was the age of wisdom, it was",

@@ -10,7 +10,7 @@ from gpt2_llm.infer.beam_search import beam_search
 from gpt2_llm.model.config import GPT2Config
 from gpt2_llm.errors import UserError
 from gpt2_llm.model.kv_cache import KVCache
-from gpt2_llm.tests.conftest import wide_logits_model
+from gpt2_llm.tests.helpers import wide_logits_model
 
 
 class BigramModel(nn.Module):

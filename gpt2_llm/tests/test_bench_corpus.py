@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from gpt2_llm.tests.helpers import REPO
+
 sys.path.insert(0, str(REPO))
 
 from bench import corpus as bench_corpus  # noqa: E402

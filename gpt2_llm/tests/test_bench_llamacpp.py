@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from gpt2_llm.tests.helpers import REPO
+
 sys.path.insert(0, str(REPO))
 
 from bench import llamacpp  # noqa: E402

@@ -12,9 +12,9 @@ import check_checkpoint
 from bpe import BPE
 from gpt2_llm.gpt2 import GPT2
 from gpt2_llm.tokenizer.vocab import load_vocab
+from gpt2_llm.tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
-TEXT = (ROOT / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:20000]
+TEXT = (REPO / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:20000]
 
 
 def make_vocab(path, vocab_size):
@@ -119,7 +119,7 @@ def test_unreadable_checkpoint_exits_2_with_one_line(pair, tmp_path, case):
     elif case == "text":
         bad.write_text("not a checkpoint\n")
     result = subprocess.run([sys.executable, "check_checkpoint.py", str(bad), str(tmp / "vocab.txt")],
-                            cwd=ROOT, capture_output=True, text=True)
+                            cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "Traceback" not in result.stderr
@@ -138,7 +138,7 @@ def test_main_py_check_is_the_same_report_and_exit_status(pair, tmp_path, case):
     make_vocab(tmp_path / "other.txt", 290)
     vocab = {"compatible": tmp / "vocab.txt", "other vocabulary": tmp_path / "other.txt",
              "missing vocab": tmp_path / "nope.txt"}[case]
-    results = [subprocess.run([sys.executable, *script, str(path), str(vocab)], cwd=ROOT, capture_output=True,
+    results = [subprocess.run([sys.executable, *script, str(path), str(vocab)], cwd=REPO, capture_output=True,
                               text=True, timeout=120) for script in (["check_checkpoint.py"], ["main.py", "check"])]
     assert [r.returncode for r in results] == [{"compatible": 0, "other vocabulary": 1, "missing vocab": 2}[case]] * 2
     assert results[0].stdout == results[1].stdout and results[0].stderr == results[1].stderr

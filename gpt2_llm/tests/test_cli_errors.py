@@ -20,9 +20,9 @@ import main
 from bpe import BPE
 from gpt2_llm.checkpoints import checkpoint
 from gpt2_llm.gpt2 import GPT2
+from gpt2_llm.tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
-TEXT = (ROOT / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:6000]
+TEXT = (REPO / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:6000]
 
 
 class MakesMarker:
@@ -242,7 +242,7 @@ def test_bad_input_is_one_line_error(files, template, expected_code, keyword):
     script = "check_checkpoint.py" if argv[0] == "check" else "main.py"
     argv = argv[1:] if argv[0] == "check" else argv
     before = tree_hashes(files["tmp"])
-    result = subprocess.run([sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True, text=True,
                             timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output[-3000:]
@@ -350,7 +350,7 @@ def test_unreadable_file_is_one_line_error(files, tmp_path, command):
         path.chmod(0)
     argv = [word.format(**{**files, **locked}) for word in command.split(" ")]
     script, argv = ("check_checkpoint.py", argv[1:]) if argv[0] == "check" else ("main.py", argv)
-    result = subprocess.run([sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
 
@@ -361,7 +361,7 @@ def test_unreadable_file_is_one_line_error(files, tmp_path, command):
 @pytest.mark.parametrize("flags", [[], ["--pieces"]])
 def test_decode_prints_a_surrogate_half_as_replacement_characters(files, flags):
     ids = list("\ud800".encode("utf-8", "surrogatepass"))  # byte tokens spelling a UTF-16 half: no UTF-8
-    result = subprocess.run([sys.executable, "main.py", "decode", str(ids), str(files["vocab"]), *flags], cwd=ROOT,
+    result = subprocess.run([sys.executable, "main.py", "decode", str(ids), str(files["vocab"]), *flags], cwd=REPO,
                             capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"}, timeout=60)
     assert result.returncode == 0, result.stderr.decode()
     assert "\ufffd" in result.stdout.decode("utf-8")

@@ -8,7 +8,7 @@ import pytest
 from gpt2_llm.data import corpus
 from gpt2_llm.data.corpus import Source, check_sources, find_sources, plan_pieces, read_piece, sample_pieces
 from gpt2_llm.errors import UserError
-from gpt2_llm.tests.conftest import REPO
+from gpt2_llm.tests.helpers import REPO
 
 # Text that is hard to cut: long lines, CRLF, runs of blank lines and spaces, non-ASCII words and whitespace
 # (NBSP, ideographic space), lines that start with a space, and a line with no newline at all.

@@ -14,7 +14,7 @@ import torch
 
 from gpt2_llm.checkpoints import checkpoint
 from gpt2_llm.train.distributed import DistributedContext, rank_slice
-from gpt2_llm.tests.conftest import MAIN
+from gpt2_llm.tests.helpers import MAIN
 
 pytestmark = pytest.mark.usefixtures("vocab")  # conftest's: corpus.parent / "vocab.txt", which train() passes
 MICRO_RUN = ["--layers", "2", "--dim", "32", "--heads", "2", "--context", "32", "--dtype", "fp32", "--device", "cpu",

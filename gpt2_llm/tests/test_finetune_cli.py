@@ -11,15 +11,15 @@ from gpt2_llm import GPT2
 from gpt2_llm.checkpoints import checkpoint
 from gpt2_llm.train.trainer import Trainer
 from gpt2_llm.tokenizer.vocab import load_vocab
+from gpt2_llm.tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
 SHAPE = dict(embedding_dim=32, num_layers=2, num_heads=2, max_seq_len=32)
 FAST = ["--max-steps", "6", "--batch-size", "4", "--dtype", "fp32", "--eval-interval", "3", "--eval-tokens", "512",
         "--no-progress"]
 
 
 def main(*args, cwd):
-    result = subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)],
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), *map(str, args)],
                             capture_output=True, text=True, cwd=cwd, timeout=300)
     return result.returncode, result.stdout, result.stderr
 
@@ -59,7 +59,7 @@ def test_lora_finetune_then_predict_with_the_adapter_equals_predict_with_the_mer
     code, base, _ = main("predict", "def", 12, "base.pt", "vocab.txt", *sampled, cwd=workdir)
     assert base != with_adapter  # six steps did change what the model says
 
-    report = subprocess.run([sys.executable, str(ROOT / "check_checkpoint.py"), "adapter.safetensors", "vocab.txt"],
+    report = subprocess.run([sys.executable, str(REPO / "check_checkpoint.py"), "adapter.safetensors", "vocab.txt"],
                             capture_output=True, text=True, cwd=workdir, timeout=120)
     assert report.returncode == 0 and "LoRA adapter: rank 4, alpha 16" in report.stdout
     assert "Base model (shape above): --base base.pt" in report.stdout and "compatible" in report.stdout

@@ -26,9 +26,9 @@ from gpt2_llm.model.config import GPT2Config
 from gpt2_llm.errors import UserError
 from gpt2_llm.gpt2 import GPT2
 from gpt2_llm.tokenizer.vocab import load_vocab
+from gpt2_llm.tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
-TEXT = (ROOT / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:4000]
+TEXT = (REPO / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:4000]
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 BPE_TRAINED = BPE("unused")

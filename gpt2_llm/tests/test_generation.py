@@ -14,7 +14,7 @@ def import_transformers():
     """The reference, for the tests that compare with it: only those skip where it is not installed."""
     return pytest.importorskip("transformers")
 
-from gpt2_llm.tests.conftest import SMALL
+from gpt2_llm.tests.helpers import SMALL
 
 
 def ids(batch, length, seed=1, vocab=SMALL["vocab_size"]):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from gpt2_llm import GPT2, PRESETS, GPT2Config
 from gpt2_llm.errors import UserError
 
-from gpt2_llm.tests.conftest import SMALL, greedy_without_cache
+from gpt2_llm.tests.helpers import SMALL, greedy_without_cache
 
 
 def ids(batch, length, seed=1, vocab=SMALL["vocab_size"]):

@@ -18,7 +18,7 @@ from gpt2_llm.errors import UserError
 from gpt2_llm import machine_cache
 from gpt2_llm.infer.prepare import (MATVEC_MAX_ROWS, Int8Linear, MatvecLinear, PackedLinear, can_prepack, decoding_model,
                                 fast_linear, fp32_decode_kernel, prepare_for_inference)
-from gpt2_llm.tests.conftest import greedy_without_cache, wide_logits_model
+from gpt2_llm.tests.helpers import greedy_without_cache, wide_logits_model
 
 CPU = torch.device("cpu")
 
@@ -226,7 +226,7 @@ def trained_model(corpus, vocab):
     """A 2x64 model trained for 300 steps on the corpus (~3 s): the peaked, structured predictions int8 meets in
     use, which a random model does not have."""
     from bpe import BPE
-    from gpt2_llm.tests.conftest import make_small_model
+    from gpt2_llm.tests.helpers import make_small_model
 
     bpe = BPE(str(vocab))
     bpe.load()

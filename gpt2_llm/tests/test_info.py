@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from gpt2_llm.tests.conftest import MAIN, REPO
+from gpt2_llm.tests.helpers import REPO
 
 ROWS = ("CPU", "ISA", "threads", "device", "training", "decoding", "int8", "attention", "tokenizer", "versions")
 

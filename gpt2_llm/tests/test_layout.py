@@ -8,19 +8,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from gpt2_llm.tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
-PACKAGE = ROOT / "gpt2_llm"
+PACKAGE = REPO / "gpt2_llm"
 
 
 def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+    parts = path.relative_to(REPO).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def source_files():
-    files = [ROOT / "bpe.py", *sorted(PACKAGE.rglob("*.py"))]
-    return [path for path in files if "tests" not in path.relative_to(ROOT).parts]
+    files = [REPO / "bpe.py", *sorted(PACKAGE.rglob("*.py"))]
+    return [path for path in files if "tests" not in path.relative_to(REPO).parts]
 
 
 MODULES = {module_name(path): path for path in source_files()}

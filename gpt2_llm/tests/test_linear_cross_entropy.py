@@ -4,7 +4,7 @@ import torch
 
 from gpt2_llm.model.gpt2 import next_token_loss
 from gpt2_llm.model.linear_cross_entropy import linear_cross_entropy, reference_linear_cross_entropy
-from gpt2_llm.tests.conftest import make_small_model
+from gpt2_llm.tests.helpers import make_small_model
 
 N, C, V = 37, 16, 53  # 37 rows: chunks of 8 leave a short last one
 

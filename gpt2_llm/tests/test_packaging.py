@@ -10,13 +10,12 @@ import site
 import subprocess
 import sys
 import sysconfig
-from pathlib import Path
 
 import pytest
+from gpt2_llm.tests.helpers import REPO
 
 pytest.importorskip("setuptools", reason="pip builds the project offline with the installed setuptools")
 
-REPO = Path(__file__).resolve().parents[2]
 MAIN = str(REPO / "main.py")
 # What a user's clone holds that the build needs; the tests, data and benchmarks are not installed.
 SOURCES = ["pyproject.toml", "README.md", "bpe.py", "main.py", "check_checkpoint.py", "gpt2_llm"]

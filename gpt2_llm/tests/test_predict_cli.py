@@ -10,14 +10,14 @@ import torch
 
 from bpe import BPE
 from gpt2_llm import GPT2
+from gpt2_llm.tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
 TEXT = ("First Citizen: Before we proceed any further, hear me speak. All: Speak, speak. "
         "Café au lait, naïve façade. ") * 40
 
 
 def predict(*args, cwd):
-    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "predict", *map(str, args)],
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), "predict", *map(str, args)],
                             capture_output=True, text=True, cwd=cwd, timeout=120)
     return result.returncode, result.stdout, result.stderr
 
@@ -138,8 +138,8 @@ def test_pretrained_directory_without_tokenizer_files(pretrained_dir, tmp_path):
 
 
 def test_help_lists_the_flags():
-    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "predict", "--help"], capture_output=True,
-                            text=True, cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), "predict", "--help"], capture_output=True,
+                            text=True, cwd=REPO, env={**os.environ, "COLUMNS": "200"})
     for flag in ("--temperature", "--top-k", "--top-p", "--repetition-penalty", "--beam", "--num-samples", "--seed",
                  "--stop", "--dtype", "--quantize", "--device", "--pretrained"):
         assert flag in result.stdout

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gpt2_llm.tests.conftest import MAIN, ONE_THREAD_ENV, free_port
+from gpt2_llm.tests.helpers import MAIN, ONE_THREAD_ENV, free_port
 
 openai = pytest.importorskip("openai", reason="the API tests drive the server with the official openai client")
 httpx = pytest.importorskip("httpx")

@@ -7,7 +7,7 @@ import torch
 from gpt2_llm.serving.slots import Slots
 from gpt2_llm.infer.sampling import SamplingSettings
 from gpt2_llm.serving.engine import Engine, Sequence
-from gpt2_llm.tests.conftest import wide_logits_model
+from gpt2_llm.tests.helpers import wide_logits_model
 
 
 @pytest.mark.parametrize("use_rope", [False, True], ids=["learned-positions", "rope"])

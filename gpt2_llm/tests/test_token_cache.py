@@ -14,7 +14,7 @@ import pytest
 from bpe import BPE, EOT
 from gpt2_llm.data import token_cache
 from gpt2_llm.errors import UserError
-from gpt2_llm.tests.conftest import REPO
+from gpt2_llm.tests.helpers import REPO
 from gpt2_llm.data.token_cache import MANIFEST, TokenStream, cache_folder, load_tokens
 from gpt2_llm.tokenizer.vocab import load_vocab
 

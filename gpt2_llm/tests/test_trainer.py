@@ -20,7 +20,7 @@ from gpt2_llm.checkpoints import checkpoint
 from gpt2_llm.errors import UserError
 from gpt2_llm.gpt2 import GPT2
 from gpt2_llm.model.config import GPT2Config
-from gpt2_llm.tests.conftest import MAIN, REPO
+from gpt2_llm.tests.helpers import MAIN, REPO
 from gpt2_llm.train.config import TrainingConfig
 from gpt2_llm.train.trainer import Trainer
 from gpt2_llm.tokenizer.vocab import load_vocab

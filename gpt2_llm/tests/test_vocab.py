@@ -11,7 +11,7 @@ import pytest
 import bpe as bpe_module
 from bpe import BPE, compiled_chunk_counts, count_chunks
 from gpt2_llm.errors import UserError
-from gpt2_llm.tests.conftest import MAIN, REPO
+from gpt2_llm.tests.helpers import MAIN, REPO
 from gpt2_llm.tokenizer.vocab import learn_vocab
 
 
