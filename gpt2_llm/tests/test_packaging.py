@@ -72,3 +72,11 @@ def test_pip_install_gives_the_gpt2_llm_command(tmp_path, vocab, editable):
         assert (ours.returncode, ours.stdout, ours.stderr) == (code, reference.stdout, reference.stderr)
         assert (ours.stdout if code == 0 else ours.stderr).strip()  # each case printed something to compare
     assert ours.stderr.startswith("error: vocab file")  # the exit code 2 of main() reaches the shell
+
+
+def test_every_subpackage_is_installed():
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "gpt2_llm").rglob("__init__.py")}
+    assert listed == {name for name in folders if ".tests" not in name}
