@@ -5,9 +5,11 @@
     wide_logits_model(...)            the same with its matrices scaled up: greedy choices far from ties
     greedy_without_cache(model, x, n) the reference decoder: the whole sequence through the model each step
     ONE_THREAD_ENV, free_port, LiveServer   subprocesses: one thread each; `serve` on a free port
+    QUIET, read_log(path), interrupt_after(trainer, n)   Trainer runs: no output; the metrics log; a Ctrl-C
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -98,3 +100,26 @@ class LiveServer:
             self.process.kill()
             self.process.wait()
         self.log.close()
+
+
+# --- Trainer runs ---
+QUIET = dict(progress=False, sample_tokens=0)  # no progress bar, no samples
+
+
+def read_log(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def interrupt_after(trainer, num_steps):
+    """Make the trainer's step send SIGINT to this process after num_steps steps, like a user's Ctrl-C."""
+    step = trainer.train_step
+    count = [0]
+
+    def step_then_interrupt(*args):
+        result = step(*args)
+        count[0] += 1
+        if count[0] == num_steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    trainer.train_step = step_then_interrupt

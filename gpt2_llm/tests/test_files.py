@@ -1,4 +1,4 @@
-"""files.py: reading a text file exactly, or one clear error saying why not (atomic writes: test_checkpoint.py)."""
+"""files.py: reading a text file exactly, or one clear error saying why not (atomic writes: checkpoints/test_checkpoint.py)."""
 import errno
 import os
 

@@ -20,37 +20,17 @@ from gpt2_llm.checkpoints import checkpoint
 from gpt2_llm.errors import UserError
 from gpt2_llm.gpt2 import GPT2
 from gpt2_llm.model.config import GPT2Config
-from gpt2_llm.tests.helpers import MAIN, REPO
+from gpt2_llm.tests.helpers import MAIN, QUIET, REPO, interrupt_after, read_log
 from gpt2_llm.train.config import TrainingConfig
 from gpt2_llm.train.trainer import Trainer
 from gpt2_llm.tokenizer.vocab import load_vocab
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MICRO = dict(embedding_dim=32, num_layers=2, num_heads=2, max_seq_len=32, batch_size=4, learning_rate=3e-3)
-QUIET = dict(progress=False, sample_tokens=0)
 
 
 def micro_trainer(vocab, **options):
     return Trainer.create_trainer_from_vocab(vocab, **{**MICRO, **QUIET, "dtype": "fp32", **options})
-
-
-def read_log(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
-
-
-def interrupt_after(trainer, num_steps):
-    """Make the trainer's step send SIGINT to this process after num_steps steps, like a user's Ctrl-C."""
-    step = trainer.train_step
-    count = [0]
-
-    def step_then_interrupt(*args):
-        result = step(*args)
-        count[0] += 1
-        if count[0] == num_steps:
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-
-    trainer.train_step = step_then_interrupt
 
 
 def test_loss_falls(vocab, corpus, tmp_path):

@@ -44,7 +44,7 @@ def hf_generate(hf, prompt, max_new_tokens, **kwargs):
                            pad_token_id=0, **kwargs)
 
 
-@pytest.mark.parametrize("penalty", [1.3, 0.7])  # 1.0 (plain greedy): test_hf_parity.py
+@pytest.mark.parametrize("penalty", [1.3, 0.7])  # 1.0 (plain greedy): checkpoints/test_huggingface.py
 def test_greedy_with_repetition_penalty_matches_transformers(hf_pair, penalty):
     hf, ours = hf_pair
     prompt = ids(2, 8, vocab=300)

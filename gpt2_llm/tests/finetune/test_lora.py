@@ -9,8 +9,7 @@ from gpt2_llm.finetune import lora
 from gpt2_llm.errors import UserError
 from gpt2_llm.gpt2 import GPT2
 from gpt2_llm.train.optim import make_adamw
-from gpt2_llm.tests.helpers import make_small_model
-from gpt2_llm.tests.test_trainer import QUIET, interrupt_after, read_log
+from gpt2_llm.tests.helpers import QUIET, interrupt_after, make_small_model, read_log
 from gpt2_llm.train.trainer import Trainer
 from gpt2_llm.tokenizer.vocab import load_vocab
 

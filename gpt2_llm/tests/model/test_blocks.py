@@ -1,4 +1,4 @@
-"""decoder.py: the MLP, the pre-LN block and the stack, checked against GPT-2's equations written
+"""model/blocks.py: the MLP, the pre-LN block and the stack, checked against GPT-2's equations written
 out here from the raw weights (not from the modules' own forward), plus gradient checkpointing."""
 import math
 

@@ -1,4 +1,4 @@
-"""data.py: the train/val split, batches and evaluation windows (the token cache is test_token_cache's)."""
+"""data/dataset.py: the train/val split, batches and evaluation windows (the token cache: test_token_cache.py)."""
 import numpy as np
 import pytest
 import torch

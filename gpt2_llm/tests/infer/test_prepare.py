@@ -1,4 +1,4 @@
-"""Inference weight formats (inference.py): exact where they should be, close where they cannot be.
+"""Inference weight formats (infer/prepare.py): exact where they should be, close where they cannot be.
 
 Stated tolerances, on a random model with wide logits (weights x5, logit std ~0.8), relative to
 the standard deviation of the fp32 logits, teacher-forced over 2 x 48 positions:
