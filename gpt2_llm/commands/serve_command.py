@@ -8,9 +8,7 @@ The server, its engine and its page live in gpt2_llm/serving/ (FastAPI + uvicorn
 dependencies of requirements-serve.txt). Flags are checked before anything is imported or loaded,
 so that a bad one is a one-line error (exit 2), not a traceback.
 """
-import socket
 import sys
-import threading
 from pathlib import Path
 
 from gpt2_llm.commands.common import INFERENCE_DTYPE_NAMES, parse_number
@@ -50,7 +48,7 @@ def run(args):
     options = parse_options(args)
     try:
         import fastapi  # noqa: F401  (only to say what is missing before anything slow)
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError as missing:
         raise UserError(f"serve needs FastAPI and uvicorn ({missing.name} is missing): "
                         "pip install -r requirements-serve.txt") from None
@@ -58,6 +56,7 @@ def run(args):
     from gpt2_llm.device import DTYPES, pick_device
     from gpt2_llm.infer.prepare import int8_kernel
     from gpt2_llm.serving.api import create_app
+    from gpt2_llm.serving.server import listen, run_server
     from gpt2_llm.serving.slots import prepare_for_batches
     from gpt2_llm.serving.engine import Engine
 
@@ -76,24 +75,7 @@ def run(args):
     host = f"[{options['host']}]" if ":" in options["host"] else options["host"]
     print(f"Serving {name} on http://{host}:{options['port']}/ (playground; API under /v1, e.g. /v1/completions). "
           "Ctrl-C stops.", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-
-    def answer_http():
-        try:
-            server.run(sockets=[listener])
-        finally:  # the server stopped (or never started): so does the decoding
-            engine.close()
-
-    # HTTP in a thread of its own, decoding here, in the thread that loaded the model (engine.py says why).
-    http = threading.Thread(target=answer_http, name="http", daemon=True)
-    http.start()
-    try:
-        engine.run()
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-    finally:
-        server.should_exit = True
-        http.join(timeout=10)
+    run_server(engine, app, listener)
     return 0
 
 
@@ -115,15 +97,6 @@ def model_name(args) -> str:
     if args.pretrained:
         return Path(args.pretrained).resolve().name
     return Path(args.model or "gpt2_model.pt").stem
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port, or UserError saying why not (taken, no such address)."""
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, backlog=2048)
-    except OSError as error:
-        raise UserError(f"cannot listen on {host}:{port}: {error.strerror or error}; pick another --port or --host")
 
 
 def parse_options(args) -> dict:
