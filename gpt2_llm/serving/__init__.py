@@ -7,5 +7,5 @@
     api.py            the FastAPI app: /v1/completions (+ streaming), /v1/models, /health, the playground
     playground.html   the page at /: text as it streams, and each token's top alternatives
 
-FastAPI and uvicorn are optional (requirements-serve.txt): only api.py imports them.
+FastAPI and uvicorn are optional (requirements-serve.txt): only api.py and server.py import them.
 """
