@@ -24,7 +24,7 @@ def version(package: str) -> str:
         return "not installed"
 
 
-def decoding_kernels(device, inference) -> str:
+def decoding_kernels(device, prepare) -> str:
     """'fp32: compiled matvec, the faster here (...); bf16: plain PyTorch kernels (oneDNN has no bf16 here)'"""
     import torch
 
@@ -53,7 +53,7 @@ def run(args):
                     "(OMP_NUM_THREADS or torch.set_num_threads change it)"),
         ("device", f"{device} (CUDA GPU: {cuda}; MPS: {'yes' if torch.backends.mps.is_available() else 'no'})"),
         ("training", choose_dtype(None, device).reason),
-        ("decoding", decoding_kernels(device, inference)),
+        ("decoding", decoding_kernels(device, prepare)),
         ("int8", prepare.int8_kernel(device).reason),
         ("attention", ", ".join(f"{name} {attention_kernel(torch.empty(1, 1, 1, 64, dtype=dtype, device=device), 256)}"
                                 for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)))
