@@ -5,7 +5,7 @@
 Per corpus (default: the 5 MB Shakespeare and ~5 MB of the Python standard library's source, whole files in sorted
 path order), each a fresh process, its wall time:
   cold     `python main.py tokenize FILE` with NUMBA_CACHE_DIR a new empty folder: a machine's first run. It learns
-           in Python while a background process compiles the kernels (bpe.py, "the compiled path's first run");
+           in Python while a background process compiles the kernels (gpt2_llm/tokenizer/compiled.py);
   warm     the same command once that background compile has filled the cache;
   HF       read FILE and train Hugging Face's ByteLevel BPE to the same vocab size (its default threading): the
            process's wall time less its encode (timed in it, for the API row);
@@ -32,9 +32,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from bpe import _LOCK
 from gpt2_llm.files import read_text_file  # noqa: E402
 from gpt2_llm.hardware import machine_header  # noqa: E402
+from gpt2_llm.tokenizer.compiled import _LOCK  # noqa: E402
 from quick_texts import gather  # noqa: E402  (bench/quick_texts.py)
 
 STDLIB_CORPUS_BYTES = 5_000_000

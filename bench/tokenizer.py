@@ -45,7 +45,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bpe import EOT, GPT2_PATTERN, BPE, load_kernels, read_text_file, split_for_workers, usable_cores  # noqa: E402
+from bpe import EOT, GPT2_PATTERN, BPE  # noqa: E402
+from gpt2_llm.files import read_text_file  # noqa: E402
+from gpt2_llm.tokenizer.compiled import load_kernels  # noqa: E402
+from gpt2_llm.tokenizer.parallel import split_for_workers, usable_cores  # noqa: E402
 
 SOURCE_CORPUS_BYTES = 4_000_000
 
@@ -190,10 +193,11 @@ def kernel_start_seconds(cache_dir=None):
     """Seconds a fresh process takes to import numba alone, and to make the compiled path ready (import, load or
     compile the kernels, GPT-2's tables, one tiny encode), with numba's disk cache in cache_dir if given."""
     code = (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); import bpe; start = time.perf_counter(); import numba\n"
+        "import sys, time; sys.path.insert(0, sys.argv[1]); import bpe; from gpt2_llm.tokenizer import compiled\n"
+        "start = time.perf_counter(); import numba\n"
         "numba_import = time.perf_counter() - start; encoder_json, vocab_bpe = sys.argv[2:]\n"
         "b = bpe.BPE.from_gpt2(encoder_json, vocab_bpe); start = time.perf_counter()\n"
-        "b._encode('warm up', (), bpe.load_kernels()); print(numba_import, time.perf_counter() - start)"
+        "b._encode('warm up', (), compiled.load_kernels()); print(numba_import, time.perf_counter() - start)"
     )
     env = dict(os.environ, **({"NUMBA_CACHE_DIR": cache_dir} if cache_dir else {}))
     output = subprocess.run([sys.executable, "-c", code, ROOT, *gpt2_files()], env=env, check=True,

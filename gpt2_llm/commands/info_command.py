@@ -38,11 +38,11 @@ def decoding_kernels(device, prepare) -> str:
 def run(args):
     import torch
 
-    from bpe import kernels_cache_status
     from gpt2_llm import hardware
     from gpt2_llm.infer import prepare
     from gpt2_llm.model.attention import attention_kernel
     from gpt2_llm.device import choose_dtype, pick_device
+    from gpt2_llm.tokenizer.compiled import kernels_cache_status
 
     device = pick_device(args.device)
     cuda = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bpe import usable_cores
 from gpt2_llm.errors import UserError
+from gpt2_llm.tokenizer.parallel import usable_cores
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PIECE_BYTES = 8 << 20  # a worker's unit of work: big enough to amortize its start, small enough to resume often
@@ -37,8 +37,9 @@ BLOCK_BYTES = 1 << 20  # what a worker encodes at once: bounds its memory (~100 
 CACHE_SUFFIX = ".tokens"  # token-cache folders; never read as input when they sit inside a corpus folder
 
 # A byte offset where a text can be cut without changing its tokens: a newline followed by a printable
-# non-space ASCII byte. It is one of bpe._SAFE_CUT's places (a newline before a non-space), found in the
-# bytes without decoding: an ASCII byte is always a whole character, and 0x21-0x7e is never whitespace.
+# non-space ASCII byte. It is one of _SAFE_CUT's places in gpt2_llm/tokenizer/parallel.py (a newline before a
+# non-space), found in the bytes without decoding: an ASCII byte is always a whole character, and 0x21-0x7e is never
+# whitespace.
 SAFE_TEXT_CUT = re.compile(rb"\n(?=[\x21-\x7e])")
 LINE_END = re.compile(rb"\n")
 

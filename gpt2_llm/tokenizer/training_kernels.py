@@ -1,15 +1,15 @@
-"""Compiled BPE training: bpe.py's training, the same results, on flat arrays and compiled with numba. Two parts:
+"""Compiled BPE training: training.py's, the same results, on flat arrays and compiled with numba. Two parts:
   - counting: count_utf8 counts a text's pre-split chunks into a hash table of byte strings, as bpe.count_chunks does
-    into a Counter (bpe.ChunkCounts wraps it; gpt2_llm/tokenizer/vocab.py counts big corpora with it);
-  - merging: train_merges learns the merges of bpe.train_merges, in the same order.
-bpe.py runs them for big trainings only (see bpe._training_kernels_for); test_bpe proves both equal the Python
-reference, which stays the readable one.
+    into a Counter (training.ChunkCounts wraps it; gpt2_llm/tokenizer/vocab.py counts big corpora with it);
+  - merging: train_merges learns the merges of training.train_merges, in the same order.
+training.py runs them for big trainings only (see its _training_kernels_for); tests/tokenizer/test_training.py proves both
+equal the Python reference, which stays the readable one.
 
     >>> ids, starts, counts = np.array([97, 97, 97, 98], np.int32), np.array([0, 4]), np.array([1])  # {"aaab": 1}
     >>> train_merges(ids, starts, counts, 2)
     array([[97, 97], [97, 98]], dtype=int32)
 
-train_merges' algorithm is bpe.train_merges' own, with each Python structure replaced by a flat one:
+train_merges' algorithm is training.train_merges' own, with each Python structure replaced by a flat one:
   - the words: every distinct chunk's ids in one int32 array (word w is ids[starts[w]:starts[w] + lengths[w]]),
     merged in place, so a word only shrinks;
   - the pair counts: an open-addressing hash table, pair (a, b) -> count, key a << 32 | b, so comparing keys
@@ -23,7 +23,7 @@ Growing arrays double, so the memory follows the number of distinct chunks and p
 
 Leaf module: numpy and numba only, plus gpt2_llm.tokenizer.kernels (also a leaf) for its hashes, its ASCII pre-split and
 its choice of where numba caches compiled code on disk, so only the first run on a machine compiles (~20 s of one
-core, counting and merging apart; bpe.py decides when, and says so).
+core, counting and merging apart; compiled.py decides when, and says so).
 """
 import numpy as np
 from numba import njit
@@ -279,7 +279,7 @@ def _add_new_pair(keys, pair_counts, heads, marks, used, new_keys, num_new, pool
 def train_merges(ids, starts, counts, num_merges):
     """Up to num_merges merges, as an (M, 2) int32 array of pairs, learned from the words ids[starts[w]:starts[w + 1]]
     (int32 byte ids, one word per distinct chunk) seen counts[w] times each. ids is merged in place (pass a copy to
-    keep it). The same merges as bpe.train_merges on the same chunks, see the module docstring."""
+    keep it). The same merges as training.train_merges on the same chunks, see the module docstring."""
     num_words = len(starts) - 1
     lengths = np.empty(num_words, np.int64)
     size = 1 << 10

@@ -9,9 +9,10 @@ from collections import Counter
 
 import numpy as np
 
-from bpe import BPE, compiled_chunk_counts, count_chunks, recommended_vocab_size
+from bpe import BPE, _utf8_with_regions, count_chunks
 from gpt2_llm.data import corpus
 from gpt2_llm.errors import UserError
+from gpt2_llm.tokenizer.training import compiled_chunk_counts
 
 DEFAULT_VOCAB = "vocab.txt"
 # learn_vocab keeps the counts of at most this many distinct chunks (~250 bytes each at the peak, while training,
@@ -19,11 +20,11 @@ DEFAULT_VOCAB = "vocab.txt"
 # frequent pairs, so a chunk seen a handful of times in a corpus this varied barely moves them; a corpus with fewer
 # distinct chunks loses nothing.
 MAX_DISTINCT_CHUNKS = 1_000_000
-# Corpora of at least this many bytes are counted by compiled code where numba is installed (bpe.ChunkCounts): ~5x
+# Corpora of at least this many bytes are counted by compiled code where numba is installed (training.ChunkCounts): ~5x
 # faster than Python's ~6 MB/s per core, once loading numba (~0.3 s) is paid.
 COMPILED_COUNTING_MIN_BYTES = 1 << 22
 # learn_vocab in Python, counting on 2 cores and then training: the 5 MB Shakespeare corpus in ~3 s. On a machine's
-# first run, bpe.load_kernels weighs it against compiling the kernels.
+# first run, compiled.load_kernels weighs it against compiling the kernels.
 PYTHON_LEARNING_BYTES_PER_SECOND = 1_600_000
 # A worker's counts of one piece are its memory: 4 MB pieces keep them small (the parent merges them fast).
 COUNTING_PIECE_BYTES = 4 << 20
@@ -53,7 +54,7 @@ def learn_vocab(inputs, vocab_path, vocab_size=None, sample_bytes=None, text_fie
     The text streams through: each worker counts the pre-split chunks of one piece at a time, and only
     the counts are merged here, so memory follows the number of distinct chunks, not the corpus size.
     sample_bytes: learn from about that many bytes spread evenly over the corpus instead of all of it.
-    vocab_size None: recommended from the counts (see bpe.recommended_vocab_size).
+    vocab_size None: recommended from the counts (see training.recommended_vocab_size).
     """
     if vocab_size is not None and (type(vocab_size) is not int or vocab_size < 257):
         raise UserError(f"--vocab-size must be at least 257 (256 bytes + <|endoftext|>), got {vocab_size}")
@@ -72,7 +73,7 @@ def learn_vocab(inputs, vocab_path, vocab_size=None, sample_bytes=None, text_fie
     # the counts, compiled where it pays (loaded here: the forked workers inherit it), else in Counters
     counts = None
     if num_bytes >= COMPILED_COUNTING_MIN_BYTES:
-        counts = compiled_chunk_counts(num_bytes / PYTHON_LEARNING_BYTES_PER_SECOND)
+        counts = compiled_chunk_counts(_utf8_with_regions, num_bytes / PYTHON_LEARNING_BYTES_PER_SECOND)
     counts, dropped = Counter() if counts is None else counts, 0  # (not `or`: empty counts are falsy)
     counting = text_field, isinstance(counts, Counter)
     for piece_counts in corpus.map_pieces(count_piece, pieces, counting, desc="Counting", progress=progress):
@@ -95,7 +96,7 @@ def learn_vocab(inputs, vocab_path, vocab_size=None, sample_bytes=None, text_fie
 
 
 def most_frequent(counts, keep):
-    """At most `keep` of the most frequent entries of counts (len(counts) > keep; a Counter or a bpe.ChunkCounts):
+    """At most `keep` of the most frequent entries of counts (len(counts) > keep; a Counter or a ChunkCounts):
     those counted more often than the (keep + 1)-th most frequent, so ties at that count all go.
     most_frequent({"a": 3, "b": 1, "c": 1}, 2) -> {"a": 3}"""
     values = np.fromiter(counts.values(), np.int64, len(counts))
@@ -107,9 +108,9 @@ def most_frequent(counts, keep):
 
 def count_piece(piece, counting):
     """{pre-split chunk: count} of one piece of a corpus (in a worker process). counting: (text_field, in_python):
-    a Counter from bpe.count_chunks if in_python, else a bpe.ChunkCounts (the same counts, compiled)."""
+    a Counter from bpe.count_chunks if in_python, else a training.ChunkCounts (the same counts, compiled)."""
     text_field, in_python = counting
-    counts = Counter() if in_python else compiled_chunk_counts()
+    counts = Counter() if in_python else compiled_chunk_counts(_utf8_with_regions)
     for _, text in corpus.read_piece(piece, text_field):
         if in_python:
             count_chunks(text, counts)

@@ -13,6 +13,9 @@ from gpt2_llm.tests.helpers import REPO
 # Text that is hard to cut: long lines, CRLF, runs of blank lines and spaces, non-ASCII words and whitespace
 # (NBSP, ideographic space), lines that start with a space, and a line with no newline at all.
 AWKWARD = ("Ünïcödé wörds\u00a0and\u3000spaces\r\n  indented line\n\n\n   \nx" * 300 + "\n" + "y" * 5000 + " z\n") * 3
+# Source code with some non-ASCII characters, ~100 KB: the tokenizer's own.
+TOKENIZER_SOURCE = "".join(path.read_text(encoding="utf-8")
+                           for path in [REPO / "bpe.py", *sorted((REPO / "gpt2_llm" / "tokenizer").glob("*.py"))])
 
 
 def write(path, text):
@@ -85,7 +88,7 @@ def test_an_empty_corpus_is_refused(tmp_path):
 @pytest.mark.parametrize("piece_bytes, block_bytes", [(1 << 20, 1 << 20), (3000, 700), (40_000, 4096)])
 def test_pieces_and_blocks_encode_exactly_as_the_whole(tmp_path, corpus, gpt2_bpe, piece_bytes, block_bytes):
     gpt2 = gpt2_bpe
-    for text in (corpus.read_text(encoding="utf-8"), AWKWARD, (REPO / "bpe.py").read_text(encoding="utf-8")):
+    for text in (corpus.read_text(encoding="utf-8"), AWKWARD, TOKENIZER_SOURCE):
         path = write(tmp_path / "t.txt", text)
         pieces = plan_pieces(sources_of(path), piece_bytes)
         blocks = [block for piece in pieces for block in read_piece(piece, block_bytes=block_bytes)]

@@ -1,17 +1,16 @@
 """vocab.py's learn_vocab: a vocabulary learned from a streamed corpus equals the in-memory trainer's."""
 import os
-import signal
 import subprocess
 import sys
 from collections import Counter
-from contextlib import suppress
 
 import pytest
 
-import bpe as bpe_module
-from bpe import BPE, compiled_chunk_counts, count_chunks
+from bpe import BPE, _utf8_with_regions, count_chunks
 from gpt2_llm.errors import UserError
 from gpt2_llm.tests.helpers import MAIN, REPO
+from gpt2_llm.tests.tokenizer_fixtures import stop_background_compile
+from gpt2_llm.tokenizer.training import compiled_chunk_counts
 from gpt2_llm.tokenizer.vocab import learn_vocab
 
 
@@ -24,9 +23,9 @@ def small_pieces(monkeypatch):
 
 @pytest.fixture(params=["python", "compiled"])
 def counting(request, monkeypatch):
-    """learn_vocab counting in Python (Counters), or compiled (bpe.ChunkCounts) even on a small corpus."""
+    """learn_vocab counting in Python (Counters), or compiled (training.ChunkCounts) even on a small corpus."""
     if request.param == "compiled":
-        if compiled_chunk_counts() is None:
+        if compiled_chunk_counts(_utf8_with_regions) is None:
             pytest.skip("numba is not installed: no compiled counting")
         monkeypatch.setattr("gpt2_llm.tokenizer.vocab.COMPILED_COUNTING_MIN_BYTES", 0)
         monkeypatch.setattr("gpt2_llm.tokenizer.vocab.count_chunks", counted_in_python)  # the workers are forked: they see it
@@ -100,9 +99,7 @@ def test_the_first_tokenize_on_a_machine_says_the_kernels_compile_and_learns_the
         result = subprocess.run(command, env=dict(os.environ, NUMBA_CACHE_DIR=str(cache)), capture_output=True,
                                 text=True)
     finally:
-        for lock in cache.glob(f"*/{bpe_module._LOCK}"):  # stop the background compile: it would hold a core
-            with suppress(ProcessLookupError, ValueError):
-                os.kill(int(lock.read_text()), signal.SIGTERM)
+        stop_background_compile(cache)  # it would hold a core
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith("Compiling the tokenizer's kernels in the background (once per machine")
     assert len(result.stderr.splitlines()) == 1
@@ -122,7 +119,7 @@ def test_past_the_cap_the_rarest_chunks_are_dropped(corpus, tmp_path, small_piec
 
 
 def test_the_cap_drops_the_same_chunks_compiled_or_not(corpus, tmp_path, small_pieces, monkeypatch):
-    if compiled_chunk_counts() is None:
+    if compiled_chunk_counts(_utf8_with_regions) is None:
         pytest.skip("numba is not installed: no compiled counting")
     monkeypatch.setattr("gpt2_llm.tokenizer.vocab.MAX_DISTINCT_CHUNKS", 2000)
     fingerprints = []
@@ -138,7 +135,7 @@ def test_most_frequent():
 
     assert most_frequent(Counter({"a": 3, "b": 1, "c": 1}), 2) == {"a": 3}
     assert most_frequent(Counter({"a": 3, "b": 2, "c": 1}), 2) == {"a": 3, "b": 2}
-    counts = compiled_chunk_counts()
+    counts = compiled_chunk_counts(_utf8_with_regions)
     if counts is not None:
         counts.add_text("a a a b b c")  # {"a": 1, " a": 2, " b": 2, " c": 1}
         assert most_frequent(counts, 2).to_dict() == {" a": 2, " b": 2}
