@@ -14,11 +14,10 @@ import json
 import os
 import sys
 
-from bpe import FORMAT_HEADER
 from gpt2_llm.commands.common import INFERENCE_DTYPE_NAMES, parse_number
 from gpt2_llm.data.corpus import add_corpus_arguments
 from gpt2_llm.errors import UserError
-from gpt2_llm.tokenizer.vocab import DEFAULT_VOCAB, GPT2_FILES
+from gpt2_llm.tokenizer.vocab import DEFAULT_VOCAB, is_vocab
 
 MAX_CONTEXT = 1024  # the default context is the model's, at most this (GPT-2's own)
 DEFAULT_BATCH_SIZE = 8
@@ -176,17 +175,6 @@ def split_paths(paths, pretrained) -> tuple[str | None, str | None, list[str]]:
     if vocab is None and pretrained is None:
         vocab = default_vocab(model)
     return model, vocab, paths
-
-
-def is_vocab(path) -> bool:
-    """Whether path is a vocabulary: a file that starts with the header `tokenize` writes, or a directory
-    with GPT-2's vocab.json + merges.txt (a Hugging Face directory)."""
-    if os.path.isdir(path):
-        return all(os.path.isfile(os.path.join(path, name)) for name in GPT2_FILES)
-    if not os.path.isfile(path):
-        return False
-    with open(path, "rb") as f:
-        return f.read(len(FORMAT_HEADER) + 1) == (FORMAT_HEADER + "\n").encode()
 
 
 def default_vocab(model_path) -> str:

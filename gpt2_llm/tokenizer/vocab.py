@@ -9,7 +9,7 @@ from collections import Counter
 
 import numpy as np
 
-from bpe import BPE, _utf8_with_regions, count_chunks
+from bpe import BPE, FORMAT_HEADER, _utf8_with_regions, count_chunks
 from gpt2_llm.data import corpus
 from gpt2_llm.errors import UserError
 from gpt2_llm.tokenizer.training import compiled_chunk_counts
@@ -29,6 +29,17 @@ PYTHON_LEARNING_BYTES_PER_SECOND = 1_600_000
 # A worker's counts of one piece are its memory: 4 MB pieces keep them small (the parent merges them fast).
 COUNTING_PIECE_BYTES = 4 << 20
 GPT2_FILES = ("vocab.json", "merges.txt")  # OpenAI's encoder.json and vocab.bpe under Hugging Face's names
+
+
+def is_vocab(path) -> bool:
+    """Whether path is a vocabulary: a file that starts with the header `tokenize` writes, or a directory
+    with GPT-2's vocab.json + merges.txt (a Hugging Face directory)."""
+    if os.path.isdir(path):
+        return all(os.path.isfile(os.path.join(path, name)) for name in GPT2_FILES)
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return f.read(len(FORMAT_HEADER) + 1) == (FORMAT_HEADER + "\n").encode()
 
 
 def load_vocab(path) -> BPE:
