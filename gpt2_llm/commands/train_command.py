@@ -73,33 +73,13 @@ def train(args, context):
         check_architecture_flags(args, trainer.model.config)
         save_path = args.save or args.checkpoint
     else:
-        trainer = new_trainer(args, bpe, options)
+        shape = {field: getattr(args, field) for field in ARCHITECTURE_FIELDS if getattr(args, field) is not None}
+        trainer = Trainer.from_preset(bpe, args.preset or DEFAULT_PRESET, shape, **options)
         save_path = args.save or DEFAULT_MODEL
     result = trainer.train(inputs, args.epochs, save_path, args.max_steps, args.max_time, args.val_file)
     more = "".join(f" --input {path}" for path in inputs[1:])
     return report_result(result, save_path, is_main_process,
                          f"python main.py train {inputs[0]} {args.vocab} {save_path}{more}")
-
-
-def new_trainer(args, bpe, options):
-    from gpt2_llm.train.trainer import Trainer
-
-    preset = PRESET_TABLE[args.preset or DEFAULT_PRESET]
-    shape = dict(preset.shape)
-    shape.update({field: getattr(args, field) for field in ARCHITECTURE_FIELDS if getattr(args, field) is not None})
-    settings = {**preset.training, **options}
-    return Trainer.create_trainer_from_vocab(
-        bpe.vocab_path,
-        shape["embedding_dim"],
-        shape["num_layers"],
-        shape["num_heads"],
-        shape["max_seq_len"],
-        settings.pop("batch_size"),
-        settings.pop("learning_rate"),
-        dropout=shape.get("dropout", 0.0),
-        use_rope=shape.get("use_rope", False),
-        **settings,
-    )
 
 
 def check_architecture_flags(args, config):

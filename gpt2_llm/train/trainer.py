@@ -126,6 +126,18 @@ class Trainer:
         return cls(model, bpe, max_seq_len, batch_size, learning_rate, seed=seed, **options)
 
     @classmethod
+    def from_preset(cls, bpe, preset: str = DEFAULT_PRESET, shape: dict | None = None, **options) -> "Trainer":
+        """A fresh model of a named preset (train/config.py's PRESET_TABLE) for bpe's vocab, with the GPT2Config
+        fields in shape over the preset's, and its trainer: the preset's training settings under options."""
+        chosen = PRESET_TABLE[preset]
+        shape = {"dropout": 0.0, "use_rope": False, **chosen.shape, **(shape or {})}
+        settings = {**chosen.training, **options}
+        return cls.create_trainer_from_vocab(bpe.vocab_path, shape["embedding_dim"], shape["num_layers"],
+                                             shape["num_heads"], shape["max_seq_len"], settings.pop("batch_size"),
+                                             settings.pop("learning_rate"), dropout=shape["dropout"],
+                                             use_rope=shape["use_rope"], **settings)
+
+    @classmethod
     def from_checkpoint(cls, path, bpe, **options) -> "Trainer":
         """Rebuild model, optimizer, schedule position and RNG states from a checkpoint to resume exactly.
 

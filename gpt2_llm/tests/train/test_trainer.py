@@ -43,6 +43,12 @@ def test_loss_falls(vocab, corpus, tmp_path):
     assert result.val_bpb < bpb_before - 1.0
 
 
+def test_a_preset_gives_its_shape_and_settings_under_what_is_given(vocab):
+    trainer = Trainer.from_preset(load_vocab(vocab), "tiny", {"num_layers": 1}, learning_rate=2e-3, **QUIET)
+    assert (trainer.model.config.num_layers, trainer.model.config.embedding_dim) == (1, 64)  # given, preset
+    assert (trainer.config.batch_size, trainer.config.learning_rate) == (8, 2e-3)
+
+
 def test_a_config_passed_whole_trains_as_the_seeds_keyword_form(vocab):
     bpe = load_vocab(vocab)
     model = GPT2(GPT2Config(vocab_size=bpe.get_model_vocab_size(), embedding_dim=32, num_layers=2, num_heads=2,
