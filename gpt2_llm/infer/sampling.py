@@ -79,7 +79,11 @@ def apply_repetition_penalty(logits: torch.Tensor, seen_ids: torch.Tensor, penal
     if penalty == 1.0 or seen_ids.size(-1) == 0:
         return logits
     seen = logits.gather(-1, seen_ids)  # (B, L); a token seen twice is gathered twice, penalised once
-    return logits.scatter(-1, seen_ids, torch.where(seen < 0, seen * penalty, seen / penalty))
+    penalised = torch.where(seen < 0, seen * penalty, seen / penalty)
+    # A penalty far from 1 (1e-300 rounds to 0 in fp32) must not make inf, or NaN from 0 / 0, out of a logit (the
+    # softmax of a row holding either is NaN): the most extreme finite value instead, and 0 stays 0.
+    largest = torch.finfo(logits.dtype).max
+    return logits.scatter(-1, seen_ids, torch.nan_to_num(penalised, nan=0.0, posinf=largest, neginf=-largest))
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -119,9 +123,14 @@ def sample_next_token(
 ) -> torch.Tensor:
     """Draw one token id per row from logits (B, V) -> (B,). temperature 0 means greedy argmax."""
     check_sampling_settings(temperature, top_k, top_p)
-    if temperature == 0:
+    # Below fp32's smallest normal number a temperature rounds towards 0, and so does the distribution: greedy.
+    if temperature < torch.finfo(torch.float32).tiny:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    # The same softmax as logits / temperature, but each row's largest logit becomes 0 first: dividing by a tiny
+    # temperature then gives 0 for the best token and at worst -inf for the others (a greedy choice), never
+    # inf - inf = NaN.
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:

@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class TokenEvent:
     """One chosen token, as the engine hands it to the request: text is what can be shown now (often '' while
-    a character or a possible stop string is incomplete); finish_reason ends the sequence ("stop", "length",
-    "error")."""
+    a character or a possible stop string is incomplete); finish_reason ends the sequence ("stop", "length": the
+    values OpenAI defines; a sequence whose decoding failed ends with "stop", and the log says why)."""
 
     token_id: int | None
     text: str
@@ -148,17 +148,22 @@ class Engine:
                     admitted.append(sequence)
             try:
                 self._advance(admitted)
-            except Exception:  # a fault in one step fails the sequences in it, never the server
-                log.exception("decoding failed; ending the running sequences with finish_reason 'error'")
+            except Exception:  # the batch's step itself failed: no one sequence to blame, so it ends them all
+                log.exception("decoding step failed; ending the %d running sequences", len(self.running))
                 with self._lock:
                     for sequence in list(self.running):
-                        self._finish(sequence, TokenEvent(None, "", finish_reason="error"), "failed")
+                        self._fail(sequence)
 
     def _advance(self, admitted: list[Sequence]) -> None:
-        for sequence in admitted:
-            self._start(sequence)
         for sequence in list(self.running):  # a copy: finishing one reorders the list
-            self._choose(sequence)
+            try:
+                if sequence in admitted:
+                    self._start(sequence)
+                self._choose(sequence)
+            except Exception:  # one sequence's fault (its prompt, its settings) ends that sequence only
+                log.exception("decoding one sequence failed; ending it, the others go on")
+                with self._lock:
+                    self._fail(sequence)
         if not self.running:
             return
         rows = self.running
@@ -237,6 +242,12 @@ class Engine:
         for sequence in [s for s in self.running if s.cancelled]:
             self._release(sequence)
             self.counts["cancelled"] += 1
+
+    def _fail(self, sequence: Sequence) -> None:
+        """End a sequence whose decoding raised, with what it had (lock held). "stop" is the finish reason OpenAI's
+        clients know for text that ends before max_tokens; the log and /health ("failed") say why."""
+        if sequence.slot is not None:
+            self._finish(sequence, TokenEvent(None, "", finish_reason="stop"), "failed")
 
     def _finish(self, sequence: Sequence, event: TokenEvent, outcome: str) -> None:
         """Hand over the last event and free the slot (lock held)."""

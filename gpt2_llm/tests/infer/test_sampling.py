@@ -126,3 +126,19 @@ def test_repetition_penalty_leaves_its_input_alone():
 def test_bad_repetition_penalty_is_a_user_error(penalty):
     with pytest.raises(UserError, match="repetition penalty"):
         apply_repetition_penalty(torch.zeros(1, 3), torch.zeros(1, 1, dtype=torch.long), penalty)
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-45, 1e-300])
+def test_a_temperature_too_small_to_divide_by_samples_greedily(temperature):
+    logits = torch.tensor([[2.0, 9.0, -3.0, 8.5], [0.5, -1.0, 4.0, 3.0]])
+    chosen = sample_next_token(logits, temperature=temperature, generator=torch.Generator().manual_seed(0))
+    assert chosen.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("penalty", [1e-300, 1e-30, 1e30, 1e300])
+def test_an_extreme_repetition_penalty_keeps_the_logits_finite(penalty):
+    logits = torch.tensor([[2.0, -3.0, 0.0, 1.0]])
+    penalised = apply_repetition_penalty(logits, torch.tensor([[0, 1, 2]]), penalty)
+    assert torch.isfinite(penalised).all()
+    assert torch.isfinite(sample_next_token(penalised, temperature=1.0, generator=torch.Generator().manual_seed(0)))
+

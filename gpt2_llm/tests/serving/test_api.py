@@ -106,6 +106,34 @@ def test_n_choices_per_prompt_with_a_seed_are_reproducible(client):
     assert first.usage.completion_tokens == 6 * 12
 
 
+@pytest.mark.parametrize("extreme", [{"temperature": 1e-300}, {"temperature": 1.0, "repetition_penalty": 1e-300}])
+def test_an_extreme_request_never_ends_its_neighbours(client, server, extreme):
+    # Settings that once made sampling NaN (and the engine end every running sequence): neighbours decoding beside
+    # it finish every token, equal to their solo output, and the extreme request itself completes.
+    prompts = PROMPTS[:3]
+    solo = [stream_text(client, prompt, max_tokens=30) for prompt in prompts]
+    together, extreme_result = [None] * len(prompts), []
+
+    def run(index):
+        together[index] = stream_text(client, prompts[index], max_tokens=30)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)  # they are decoding when it arrives
+    temperature = extreme.pop("temperature")
+    extreme_result.append(client.completions.create(model=MODEL, prompt="KING", max_tokens=20, temperature=temperature,
+                                                    extra_body=extreme))
+    for thread in threads:
+        thread.join()
+    assert together == solo
+    choice = extreme_result[0].choices[0]
+    assert choice.finish_reason in ("stop", "length") and extreme_result[0].usage.completion_tokens >= 1
+    if temperature < 1e-100:  # too small to divide by: greedy
+        assert choice.text == complete(client, "KING", max_tokens=20).choices[0].text
+    assert server.health()["status"] == "ok"
+
+
 def test_eight_concurrent_greedy_streams_each_equal_their_solo_output(client, server):
     solo = [stream_text(client, prompt, max_tokens=40) for prompt in PROMPTS]
     together, peak = [None] * len(PROMPTS), []

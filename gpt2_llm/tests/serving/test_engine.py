@@ -89,7 +89,7 @@ def test_sequences_that_join_a_running_batch_decode_as_if_alone(bpe, one_thread)
     assert engine.counts["finished"] == len(prompts)
 
 
-def test_a_fault_in_a_step_ends_its_sequences_with_an_error_and_the_engine_goes_on(bpe, small_model, one_thread):
+def test_a_fault_in_a_step_ends_its_sequences_and_the_engine_goes_on(bpe, small_model, one_thread):
     engine = Engine(small_model(vocab_size=bpe.get_model_vocab_size()), bpe, max_batch=2)
     engine.start()
     working_step = engine.slots.step
@@ -108,8 +108,39 @@ def test_a_fault_in_a_step_ends_its_sequences_with_an_error_and_the_engine_goes_
     try:
         engine.submit([Sequence([1, 2, 3], SamplingSettings(max_tokens=5, temperature=0.0), on_token)])
         assert ended.wait(timeout=10)
-        assert events[-1].finish_reason == "error" and engine.counts["failed"] == 1
+        assert events[-1].finish_reason == "stop" and engine.counts["failed"] == 1  # a reason OpenAI defines
         engine.slots.step = working_step
         assert len(run_greedy(engine, [[1, 2, 3]], 4)[0]) >= 1  # and it still decodes
     finally:
         engine.close()
+
+
+def test_a_fault_in_one_sequence_ends_that_sequence_only(bpe, small_model, one_thread, monkeypatch, caplog):
+    # One request whose sampling raises (here: a patched sampler that fails for temperature 0.5) must not end its
+    # neighbours: they finish with every token, equal to decoding alone.
+    from gpt2_llm.serving import engine as engine_module
+
+    sample = engine_module.sample_next_token
+
+    def fails_at_one_temperature(logits, temperature, *args):
+        if temperature == 0.5:
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return sample(logits, temperature, *args)
+
+    monkeypatch.setattr(engine_module, "sample_next_token", fails_at_one_temperature)
+    model = small_model(vocab_size=bpe.get_model_vocab_size())
+    engine = Engine(model, bpe, max_batch=4)
+    engine.start()
+    try:
+        failed = []
+        engine.submit([Sequence([5, 6, 7], SamplingSettings(max_tokens=8, temperature=0.5), failed.append)])
+        outputs = run_greedy(engine, [[1, 2, 3], [4, 5]], 12)
+        alone = [model.generate(torch.tensor([p]), 12, temperature=0, eos_token_id=bpe.eot_id,
+                                vocab_size=bpe.vocab_size)[0, len(p):].tolist() for p in ([1, 2, 3], [4, 5])]
+        assert [out[: len(a)] for out, a in zip(outputs, alone)] == [a[: len(out)] for out, a in zip(outputs, alone)]
+        assert all(len(out) == 12 or out[-1] == bpe.eot_id for out in outputs)
+        assert failed[-1].finish_reason == "stop" and engine.counts["failed"] == 1
+        assert "decoding one sequence failed" in caplog.text
+    finally:
+        engine.close()
+
