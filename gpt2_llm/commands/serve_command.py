@@ -2,12 +2,13 @@
 
     python main.py serve                                    # gpt2_model.pt + vocab.txt on http://127.0.0.1:8000
     python main.py serve --pretrained gpt2/ --quantize int8 --max-batch 16
-    python main.py serve --host 0.0.0.0 --api-key "$KEY"    # reachable from other machines: require a key
+    GPT2_LLM_API_KEY=... python main.py serve --host 0.0.0.0  # reachable from other machines: require a key
 
 The server, its engine and its page live in gpt2_llm/serving/ (FastAPI + uvicorn, the optional
 dependencies of requirements-serve.txt). Flags are checked before anything is imported or loaded,
 so that a bad one is a one-line error (exit 2), not a traceback.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from gpt2_llm.errors import UserError
 MAX_BATCH = 256
 MAX_QUEUE = 100_000
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+API_KEY_VARIABLE = "GPT2_LLM_API_KEY"  # the key from the environment, not the command line
 
 
 def add_arguments(name, parser):
@@ -40,8 +42,10 @@ def add_arguments(name, parser):
                              "and values for the whole context: 75 MB for GPT-2 small")
     server.add_argument("--max-queue", default="64",
                         help="sequences that may wait for a batch slot; past it requests get 429 (default 64)")
-    server.add_argument("--api-key", default=None, metavar="KEY",
-                        help="require 'Authorization: Bearer KEY' on /v1/ requests (the playground asks for it)")
+    server.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE) or None, metavar="KEY",
+                        help="require 'Authorization: Bearer KEY' on /v1/ requests (the playground asks for it); "
+                             f"default: ${API_KEY_VARIABLE}, which `ps` does not show to other users as it does "
+                             "a command line")
 
 
 def run(args):

@@ -6,16 +6,19 @@
     POST /v1/completions   OpenAI's legacy completions: prompt(s), n, stream (server-sent events ending
                            in `data: [DONE]`), logprobs, echo, stop, seed, usage; top_k and
                            repetition_penalty as extensions
-    GET  /v1/models        the one model this server holds
+    GET  /v1/models        the one model this server holds (and /v1/models/{id}: it, or 404)
     GET  /health           liveness plus the engine's load (running, waiting, how sequences ended)
     GET  /                 the playground page (playground.html)
+HEAD answers wherever GET does.
 
 Every error is answered in OpenAI's shape with its status (400 bad request, 401 key, 404 model or
-route, 413 body too large, 429 queue full, 500 a fault). A request names a model only to be checked
-against the one loaded: nothing a client sends makes the server read a file or load a model.
+route, 413 body too large, 415 a body that is not JSON, 429 queue full with Retry-After, 500 a fault).
+A request names a model only to be checked against the one loaded: nothing a client sends makes the
+server read a file or load a model, and no answer is built from the client's Host header (no redirects).
 """
 import asyncio
 import json
+import logging
 import secrets
 import time
 import uuid
@@ -25,22 +28,28 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from gpt2_llm.serving.engine import Engine, QueueFull, Sequence, TokenEvent
 from gpt2_llm.serving.schemas import MAX_BODY_BYTES, ApiError, CompletionRequest, parse_completion
 
 DISCONNECT_POLL_SECONDS = 0.5  # how often a non-streaming request checks that its client is still there
+RETRY_AFTER_SECONDS = 1  # a 429's advice: a queue slot frees as soon as any sequence ends
+log = logging.getLogger("gpt2_llm.serving")
 
 
 def create_app(engine: Engine, bpe, model_name: str, context: int, api_key: str | None = None) -> FastAPI:
-    app = FastAPI(title="gpt2-llm", docs_url=None, redoc_url=None, openapi_url=None)
+    # redirect_slashes off: Starlette would answer /v1/completions/ with a redirect whose Location it builds from
+    # the client's own Host header.
+    app = FastAPI(title="gpt2-llm", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     playground = resources.files("gpt2_llm.serving").joinpath("playground.html").read_text(encoding="utf-8")
     texts = TokenTexts(bpe)
     created = int(time.time())
 
     @app.exception_handler(ApiError)
     async def api_error(request, error: ApiError):
-        return JSONResponse(error.body(), status_code=error.status)
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if error.status == 429 else None
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, error: HTTPException):  # unknown route, wrong method
@@ -55,24 +64,35 @@ def create_app(engine: Engine, bpe, model_name: str, context: int, api_key: str 
         if api_key is None:
             return
         given = request.headers.get("authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+        scheme, _, token = given.strip().partition(" ")  # the scheme is case-insensitive (RFC 9110): bearer, Bearer
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
             what = "a wrong API key" if given else "no API key"
             raise ApiError(401, f"{what}: send the server's --api-key as 'Authorization: Bearer KEY'",
                            code="invalid_api_key")
 
-    @app.get("/", response_class=HTMLResponse)
+    model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "gpt2-llm",
+                  "max_model_len": context}
+
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def page():
         return playground
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         return {"status": "ok", "model": model_name, **engine.load()}
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models(request: Request):
         authorize(request)
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "gpt2-llm", "max_model_len": context}]}
+        return {"object": "list", "data": [model_card]}
+
+    @app.api_route("/v1/models/{model_id:path}", methods=["GET", "HEAD"])
+    async def model(model_id: str, request: Request):
+        authorize(request)
+        if model_id != model_name:
+            raise ApiError(404, f"the model {model_id!r} does not exist; this server holds {model_name!r}", "model",
+                           "model_not_found")
+        return model_card
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -100,18 +120,27 @@ def create_app(engine: Engine, bpe, model_name: str, context: int, api_key: str 
 
 
 async def read_json(request: Request):
-    """The body as JSON, refused if past MAX_BODY_BYTES (413) or not JSON (400)."""
+    """The body as JSON, refused if its Content-Type is not JSON (415: a web page's cross-origin "simple" POST is
+    text/plain, and must not start a generation), past MAX_BODY_BYTES (413) or not JSON (400)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(415, f"the request body must be JSON, sent with 'Content-Type: application/json' (got "
+                            f"{media_type or 'none'!r})")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    except ClientDisconnect:  # the client hung up mid-body: one quiet line, nobody to answer
+        log.info("a client hung up while sending its request body")
+        raise ApiError(400, "the client disconnected before sending its whole body") from None
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except ValueError as error:  # not UTF-8 or not JSON, or an integer past Python's digit limit (4300)
         raise ApiError(400, f"the request body is not valid JSON: {error}") from None
     except RecursionError:  # "[[[[...": nested deeper than the parser goes
         raise ApiError(400, "the request body is JSON nested too deeply") from None
@@ -195,7 +224,7 @@ class Completion:
                 index, event = await self.events.get()
                 if self.params.echo and not started[index]:  # the prompt first, as OpenAI sends it; its scores
                     # (echo + logprobs) exist once the engine has run the prompt, which it has by the first token
-                    yield self._sse(head, self._choice(index, *self._echo(self.sequences[index]), None))
+                    yield self._sse(head, self._choice(index, *self._echo(index), None))
                 started[index] = True
                 self.done[index] = event.finish_reason is not None
                 yield self._sse(head, self._choice(index, event.text, [event], event.finish_reason))
@@ -225,17 +254,22 @@ class Completion:
         choices = []
         for index, pieces in enumerate(parts):
             if self.params.echo:
-                pieces.insert(0, self._echo(self.sequences[index]))
+                pieces.insert(0, self._echo(index))
             text = "".join(t for t, _ in pieces)
             events = [e for _, group in pieces for e in group]
             choices.append(self._choice(index, text, events, finish[index]))
         return {**self._chunk(choices), "usage": self._usage()}
 
-    def _echo(self, sequence: Sequence) -> tuple[str, list[TokenEvent]]:
-        """(prompt text, its events for logprobs: scored by the engine when logprobs were asked for)."""
+    def _echo(self, index: int) -> tuple[str, list[TokenEvent]]:
+        """(choice index's prompt exactly as the client sent it, its events for logprobs: scored by the engine when
+        logprobs were asked for). An empty prompt echoes as "": the <|endoftext|> it starts from is not the client's."""
+        sequence, prompt = self.sequences[index], self.params.prompts[index // self.params.n]
+        if prompt == "":
+            return "", []
         ids = sequence.prompt_ids
         scored = sequence.prompt_events or [TokenEvent(t, "") for t in ids]
-        return self.texts.decode(ids), [replace(e, text=self.texts(e.token_id)) for e in scored]  # for text_offset
+        text = prompt if isinstance(prompt, str) else self.texts.decode(ids)
+        return text, [replace(e, text=self.texts(e.token_id)) for e in scored]  # for text_offset
 
     def _choice(self, index: int, text: str, events: list[TokenEvent], finish_reason) -> dict:
         logprobs = None

@@ -177,6 +177,8 @@ BAD_REQUESTS = [  # (body: raw bytes or JSON-able, status, param or code in the 
     ({"prompt": "x", "model": "gpt-4"}, 404, "model_not_found"),
     ({"prompt": "x", "model": "../served.pt"}, 404, "model_not_found"),  # a name, never a path to load
     ({"prompt": "x" * (2 << 20)}, 413, None),
+    (b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}", 400, None),  # past Python's integer-digit limit
+    (b'{"prompt": "x", "seed": ' + b"1" * 5000 + b"}", 400, None),
 ]
 
 
@@ -205,6 +207,58 @@ def test_the_key_is_required_on_the_api_but_not_on_the_page(tight):
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
     assert httpx.post(url, json=body, headers={"Authorization": "Bearer sesame"}).status_code == 200
     assert httpx.get(tight.url + "/").status_code == 200 and httpx.get(tight.url + "/health").status_code == 200
+
+
+@pytest.mark.parametrize("header", ["bearer sesame", "BEARER sesame", "Bearer  sesame"])
+def test_the_bearer_scheme_is_case_insensitive(tight, header):
+    response = httpx.get(tight.url + "/v1/models", headers={"Authorization": header})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/", "/health", "/v1/models", f"/v1/models/{MODEL}"])
+def test_head_answers_wherever_get_does(server, path):
+    assert httpx.head(server.url + path).status_code == 200 == httpx.get(server.url + path).status_code
+
+
+def test_one_model_by_its_id(client, server):
+    assert client.models.retrieve(MODEL).id == MODEL
+    missing = httpx.get(server.url + "/v1/models/gpt-4")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_body_that_is_not_declared_json_is_415_and_starts_nothing(server, content_type):
+    # A web page's cross-origin "simple" POST (text/plain) must not start a generation on a local server.
+    finished = server.health()["finished"]
+    headers = {"content-type": content_type} if content_type else {}
+    response = httpx.post(server.url + "/v1/completions", content=b'{"prompt": "x", "max_tokens": 1}', headers=headers)
+    assert response.status_code == 415 and response.json()["error"]["message"]
+    assert server.health()["finished"] == finished
+
+
+def test_a_trailing_slash_is_a_404_never_a_redirect_built_from_the_host_header(server):
+    response = httpx.post(server.url + "/v1/completions/", json={"prompt": "x"}, headers={"Host": "evil.example"})
+    assert response.status_code == 404 and "location" not in response.headers
+
+
+def test_an_empty_prompt_echoes_as_sent(client):
+    result = client.completions.create(model=MODEL, prompt="", max_tokens=3, temperature=0, echo=True)
+    plain = client.completions.create(model=MODEL, prompt="", max_tokens=3, temperature=0)
+    assert result.choices[0].text == plain.choices[0].text  # nothing before it: not "<|endoftext|>"
+
+
+def test_a_client_that_hangs_up_mid_body_costs_one_quiet_log_line(server):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port)) as connection:
+        connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 100\r\n\r\n{\"prompt\": ")
+        time.sleep(0.3)
+    wait_for(lambda: server.health()["status"] == "ok")
+    time.sleep(0.3)
+    server.log.seek(0)
+    log = server.log.read()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log
 
 
 def long_stream(tight):
@@ -262,6 +316,7 @@ def test_a_full_queue_answers_429(tight):
         with pytest.raises(openai.RateLimitError) as error:
             refused.completions.create(model=MODEL, prompt="x", max_tokens=1)
         assert error.value.status_code == 429 and "busy" in error.value.message
+        assert error.value.response.headers["retry-after"] == "1"  # when a client may try again
     finally:
         for http, response, *_ in (running, waiting):
             response.close()
@@ -298,3 +353,17 @@ def test_cli_mistakes_are_one_line_errors_with_exit_code_2(tmp_path, args, messa
                             cwd=tmp_path, timeout=60)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and message in result.stderr
+
+
+def test_the_api_key_may_come_from_the_environment(serve_files):
+    from gpt2_llm.tests.helpers import LiveServer
+
+    model, vocab = serve_files
+    server = LiveServer(model, vocab, env={**ONE_THREAD_ENV, "GPT2_LLM_API_KEY": "from-env"})
+    try:
+        server.wait_ready()
+        assert httpx.get(server.url + "/v1/models").status_code == 401
+        assert httpx.get(server.url + "/v1/models", headers={"Authorization": "Bearer from-env"}).status_code == 200
+    finally:
+        server.stop()
+
