@@ -283,6 +283,8 @@ class Completion:
         offset = self.text_lengths[index]
         result = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for event in events:
+            if event.token_id is None:  # a finish without a token (max_tokens 0, a failed sequence): nothing to score
+                continue
             result["tokens"].append(self.texts(event.token_id))
             result["token_logprobs"].append(event.logprob)
             result["top_logprobs"].append(None if event.top_logprobs is None else

@@ -159,6 +159,10 @@ class Engine:
             try:
                 if sequence in admitted:
                     self._start(sequence)
+                    if sequence.settings.max_tokens == 0:  # the prompt scored (echo), nothing to generate
+                        with self._lock:
+                            self._finish(sequence, TokenEvent(None, "", finish_reason="length"), "finished")
+                        continue
                 self._choose(sequence)
             except Exception:  # one sequence's fault (its prompt, its settings) ends that sequence only
                 log.exception("decoding one sequence failed; ending it, the others go on")

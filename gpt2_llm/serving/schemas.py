@@ -74,8 +74,10 @@ def parse_completion(body, max_tokens_cap: int) -> CompletionRequest:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise ApiError(400, "model must be a string", "model")
+    echo = boolean(body, "echo")
     settings = SamplingSettings(
-        max_tokens=integer(body, "max_tokens", 16, 1, max_tokens_cap),
+        # 0 only with echo: the prompt scored and nothing generated, what evaluation harnesses send for log-likelihoods
+        max_tokens=integer(body, "max_tokens", 16, 0 if echo else 1, max_tokens_cap),
         temperature=number(body, "temperature", 1.0, 0.0, 2.0),
         top_k=top_k or None,  # 0: off
         top_p=number(body, "top_p", 1.0, 0.0, 1.0, exclusive_low=True),
@@ -87,7 +89,7 @@ def parse_completion(body, max_tokens_cap: int) -> CompletionRequest:
     if settings.top_p == 1.0:
         settings = dataclasses.replace(settings, top_p=None)
     return CompletionRequest(model=model, prompts=prompt_list(body.get("prompt", "")), n=n,
-                             echo=boolean(body, "echo"), stream=boolean(body, "stream"),
+                             echo=echo, stream=boolean(body, "stream"),
                              include_usage=boolean(stream_options, "include_usage"), settings=settings)
 
 

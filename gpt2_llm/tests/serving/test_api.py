@@ -241,6 +241,18 @@ def test_a_trailing_slash_is_a_404_never_a_redirect_built_from_the_host_header(s
     assert response.status_code == 404 and "location" not in response.headers
 
 
+def test_max_tokens_0_with_echo_scores_the_prompt(client):
+    # What evaluation harnesses (lm-eval's local-completions) send for log-likelihoods: the prompt's scores, no text.
+    prompt = "ROMEO: Speak, speak."
+    scored = client.completions.create(model=MODEL, prompt=prompt, max_tokens=0, echo=True, logprobs=1, temperature=0)
+    one_more = client.completions.create(model=MODEL, prompt=prompt, max_tokens=1, echo=True, logprobs=1,
+                                         temperature=0)
+    choice, logprobs = scored.choices[0], scored.choices[0].logprobs
+    assert choice.text == prompt and choice.finish_reason == "length" and scored.usage.completion_tokens == 0
+    assert "".join(logprobs.tokens) == prompt and logprobs.token_logprobs[0] is None
+    assert logprobs.token_logprobs == one_more.choices[0].logprobs.token_logprobs[: len(logprobs.tokens)]
+
+
 def test_an_empty_prompt_echoes_as_sent(client):
     result = client.completions.create(model=MODEL, prompt="", max_tokens=3, temperature=0, echo=True)
     plain = client.completions.create(model=MODEL, prompt="", max_tokens=3, temperature=0)
