@@ -37,6 +37,10 @@ def add_arguments(name, parser):
     server.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
     server.add_argument("--port", default="8000", help="TCP port (default 8000)")
+    server.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="on a loopback address, a Host name to answer besides localhost and 127.0.0.1 (a "
+                             "reverse proxy's); requests naming any other host get 421, so that a web page cannot "
+                             "reach this server by DNS rebinding; repeatable")
     server.add_argument("--max-batch", default="8",
                         help="sequences decoded together; more wait in the queue (default 8). Each slot holds keys "
                              "and values for the whole context: 75 MB for GPT-2 small")
@@ -75,7 +79,7 @@ def run(args):
     model = prepare_for_batches(model, device, DTYPES[options["dtype"]], args.quantize, options["max_batch"])
     engine = Engine(model, bpe, options["max_batch"], options["max_queue"])
     name = model_name(args)
-    app = create_app(engine, bpe, name, model.config.max_seq_len, args.api_key)
+    app = create_app(engine, bpe, name, model.config.max_seq_len, args.api_key, options["allowed_hosts"])
     host = f"[{options['host']}]" if ":" in options["host"] else options["host"]
     print(f"Serving {name} on http://{host}:{options['port']}/ (playground; API under /v1, e.g. /v1/completions). "
           "Ctrl-C stops.", flush=True)
@@ -117,4 +121,8 @@ def parse_options(args) -> dict:
         "max_batch": parse_number(args.max_batch, "--max-batch", int, low=1, high=MAX_BATCH),
         "max_queue": parse_number(args.max_queue, "--max-queue", int, low=0, high=MAX_QUEUE),
         "dtype": args.dtype or "fp32",
+        # On a loopback address only this machine's names (and those allowed) may name the server; elsewhere the
+        # API key is the guard, and any Host is answered unless names are given.
+        "allowed_hosts": (LOOPBACK + tuple(args.allowed_host) if args.host in LOOPBACK
+                          else tuple(args.allowed_host) or None),
     }

@@ -12,7 +12,8 @@
 HEAD answers wherever GET does.
 
 Every error is answered in OpenAI's shape with its status (400 bad request, 401 key, 404 model or
-route, 413 body too large, 415 a body that is not JSON, 429 queue full with Retry-After, 500 a fault).
+route, 413 body too large, 415 a body that is not JSON, 421 a Host not allowed, 429 queue full with
+Retry-After, 500 a fault).
 A request names a model only to be checked against the one loaded: nothing a client sends makes the
 server read a file or load a model, and no answer is built from the client's Host header (no redirects).
 """
@@ -38,10 +39,13 @@ RETRY_AFTER_SECONDS = 1  # a 429's advice: a queue slot frees as soon as any seq
 log = logging.getLogger("gpt2_llm.serving")
 
 
-def create_app(engine: Engine, bpe, model_name: str, context: int, api_key: str | None = None) -> FastAPI:
+def create_app(engine: Engine, bpe, model_name: str, context: int, api_key: str | None = None,
+               allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
     # redirect_slashes off: Starlette would answer /v1/completions/ with a redirect whose Location it builds from
     # the client's own Host header.
     app = FastAPI(title="gpt2-llm", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed_hosts=allowed_hosts)
     playground = resources.files("gpt2_llm.serving").joinpath("playground.html").read_text(encoding="utf-8")
     texts = TokenTexts(bpe)
     created = int(time.time())
@@ -117,6 +121,36 @@ def create_app(engine: Engine, bpe, model_name: str, context: int, api_key: str 
         return await run.collect(request)
 
     return app
+
+
+class HostCheck:
+    """ASGI middleware: a request whose Host header names none of allowed_hosts (port aside) gets 421 in OpenAI's
+    shape. On a loopback address that stops DNS rebinding: a web page whose name resolves to 127.0.0.1 still sends
+    its own name as the Host.
+
+    host_name("[::1]:8000") -> "::1"; host_name("localhost:8000") -> "localhost"
+    """
+
+    def __init__(self, app, allowed_hosts: tuple[str, ...]):
+        self.app, self.allowed = app, {name.lower() for name in allowed_hosts}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if host_name(host) not in self.allowed:
+                error = ApiError(421, f"this server does not answer for the host {host!r}; serve --allowed-host NAME "
+                                      "adds a name (a reverse proxy's)")
+                await JSONResponse(error.body(), status_code=421)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def host_name(host: str) -> str:
+    """A Host header's name without its port, lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):  # an IPv6 literal: [::1]:8000
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
 async def read_json(request: Request):

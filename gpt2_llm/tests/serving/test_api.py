@@ -237,8 +237,31 @@ def test_a_body_that_is_not_declared_json_is_415_and_starts_nothing(server, cont
 
 
 def test_a_trailing_slash_is_a_404_never_a_redirect_built_from_the_host_header(server):
-    response = httpx.post(server.url + "/v1/completions/", json={"prompt": "x"}, headers={"Host": "evil.example"})
+    response = httpx.post(server.url + "/v1/completions/", json={"prompt": "x"},
+                          headers={"Host": f"localhost:{server.port}"})
     assert response.status_code == 404 and "location" not in response.headers
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example", ""])
+def test_on_loopback_a_host_that_is_not_this_machine_gets_421(server, host):
+    # DNS rebinding: a page at evil.example whose name now resolves to 127.0.0.1 still sends Host: evil.example.
+    response = httpx.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1},
+                          headers={"Host": host})
+    assert response.status_code == 421 and response.json()["error"]["message"]
+    for name in ("localhost", "127.0.0.1", "LOCALHOST"):
+        assert httpx.get(server.url + "/health", headers={"Host": f"{name}:{server.port}"}).status_code == 200
+
+
+def test_a_reverse_proxys_name_may_be_allowed(serve_files):
+    from gpt2_llm.tests.helpers import LiveServer
+
+    model, vocab = serve_files
+    server = LiveServer(model, vocab, "--allowed-host", "proxy.example").wait_ready()
+    try:
+        assert httpx.get(server.url + "/health", headers={"Host": "proxy.example"}).status_code == 200
+        assert httpx.get(server.url + "/health", headers={"Host": "other.example"}).status_code == 421
+    finally:
+        server.stop()
 
 
 def test_max_tokens_0_with_echo_scores_the_prompt(client):
