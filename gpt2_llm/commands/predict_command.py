@@ -123,10 +123,8 @@ def beam_texts(model, prompt, bpe, options) -> list[str]:
     from gpt2_llm.infer.beam_search import beam_search
     from gpt2_llm.infer.text_stream import TextStream
 
-    beams = beam_search(
-        model, prompt, options["settings"].max_tokens, options["beam"], eos_token_id=bpe.eot_id,
-        repetition_penalty=options["settings"].repetition_penalty, vocab_size=bpe.vocab_size,
-    )
+    beams = beam_search(model, prompt, options["settings"], options["beam"], eos_token_id=bpe.eot_id,
+                        vocab_size=bpe.vocab_size)
     texts = []
     for beam in beams[: options["num_samples"]]:
         stream = TextStream(bpe.token_bytes(), options["settings"].stop)

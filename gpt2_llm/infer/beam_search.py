@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from gpt2_llm.errors import UserError
 from gpt2_llm.infer.generation import TokenWindow
-from gpt2_llm.infer.sampling import apply_repetition_penalty, check_generation_args, check_sampling_settings
+from gpt2_llm.infer.sampling import SamplingSettings, apply_repetition_penalty, check_generation_args
 
 
 @dataclass
@@ -34,27 +34,29 @@ class Beam:
 def beam_search(
     model,
     input_ids: torch.Tensor,
-    max_new_tokens: int,
+    settings: SamplingSettings,
     num_beams: int,
     eos_token_id: int | None = None,
     length_penalty: float = 1.0,
-    repetition_penalty: float = 1.0,
     vocab_size: int | None = None,
 ) -> list[Beam]:
-    """Continue one prompt (1, T) -> the num_beams best finished Beams, best first."""
-    check_generation_args(max_new_tokens, vocab_size)
-    check_sampling_settings(repetition_penalty=repetition_penalty)
+    """Continue one prompt (1, T) -> the num_beams best finished Beams, best first.
+
+    Of the settings, beam search reads max_tokens and repetition_penalty: it keeps the likeliest continuations,
+    so temperature, top-k and top-p (which shape a random draw) do not apply, as in Hugging Face's beam search.
+    """
+    check_generation_args(settings.max_tokens, vocab_size)
     if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
         raise UserError(f"num_beams must be a positive integer, got {num_beams!r}")
     if input_ids.dim() != 2 or input_ids.size(0) != 1:
         raise UserError(f"beam search continues one prompt of shape (1, length), got {tuple(input_ids.shape)}")
-    if max_new_tokens == 0:
+    if settings.max_tokens == 0:
         return [Beam([], 0.0)]
     was_training = model.training
     model.eval()
     try:
-        return _search(model, input_ids, max_new_tokens, num_beams, eos_token_id, length_penalty,
-                       repetition_penalty, vocab_size)
+        return _search(model, input_ids, settings.max_tokens, num_beams, eos_token_id, length_penalty,
+                       settings.repetition_penalty, vocab_size)
     finally:
         model.train(was_training)
 

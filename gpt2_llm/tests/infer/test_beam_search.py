@@ -7,6 +7,7 @@ from torch import nn
 
 from gpt2_llm import GPT2
 from gpt2_llm.infer.beam_search import beam_search
+from gpt2_llm.infer.sampling import SamplingSettings
 from gpt2_llm.model.config import GPT2Config
 from gpt2_llm.errors import UserError
 from gpt2_llm.model.kv_cache import KVCache
@@ -46,16 +47,16 @@ def trap():
 def test_beam_search_finds_what_greedy_misses():
     model = trap()
     prompt = torch.tensor([[START]])
-    greedy = beam_search(model, prompt, 2, num_beams=1)[0]
+    greedy = beam_search(model, prompt, SamplingSettings(max_tokens=2), num_beams=1)[0]
     assert greedy.tokens[0] == A
-    best = beam_search(model, prompt, 2, num_beams=2)[0]
+    best = beam_search(model, prompt, SamplingSettings(max_tokens=2), num_beams=2)[0]
     assert best.tokens == [B, C]
     assert best.score == pytest.approx(math.log(0.36) / 2, rel=1e-4)  # length_penalty 1: per-token mean
     assert best.score > greedy.score
 
 
 def test_beams_come_best_first_and_eos_ends_a_beam():
-    beams = beam_search(trap(), torch.tensor([[START]]), 5, num_beams=3, eos_token_id=C)
+    beams = beam_search(trap(), torch.tensor([[START]]), SamplingSettings(max_tokens=5), num_beams=3, eos_token_id=C)
     assert beams[0].tokens == [B, C]  # finished at the eos, two tokens long
     scores = [beam.score for beam in beams]
     assert scores == sorted(scores, reverse=True) and len(beams) == 3
@@ -70,16 +71,16 @@ def test_one_beam_is_greedy(seed):
     model = random_model(seed)
     prompt = torch.randint(0, 97, (1, 5), generator=torch.Generator().manual_seed(seed))
     greedy = model.generate(prompt, 40, temperature=0)  # 40 > context 32: the window slides too
-    assert beam_search(model, prompt, 40, num_beams=1)[0].tokens == greedy[0, 5:].tolist()
+    assert beam_search(model, prompt, SamplingSettings(max_tokens=40), num_beams=1)[0].tokens == greedy[0, 5:].tolist()
 
 
 def test_zero_tokens_and_bad_arguments():
     model, prompt = trap(), torch.tensor([[START]])
-    assert beam_search(model, prompt, 0, num_beams=2)[0].tokens == []
+    assert beam_search(model, prompt, SamplingSettings(max_tokens=0), num_beams=2)[0].tokens == []
     with pytest.raises(UserError, match="num_beams"):
-        beam_search(model, prompt, 3, num_beams=0)
+        beam_search(model, prompt, SamplingSettings(max_tokens=3), num_beams=0)
     with pytest.raises(UserError, match="one prompt"):
-        beam_search(model, torch.zeros(2, 3, dtype=torch.long), 3, num_beams=2)
+        beam_search(model, torch.zeros(2, 3, dtype=torch.long), SamplingSettings(max_tokens=3), num_beams=2)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_matches_transformers_beam_search(hf_pair, num_beams, eos, seed):
         out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, num_beams=num_beams,
                           num_return_sequences=num_beams, do_sample=False, early_stopping=True, length_penalty=1.0,
                           eos_token_id=eos, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
-    beams = beam_search(ours, prompt, 12, num_beams, eos_token_id=eos)
+    beams = beam_search(ours, prompt, SamplingSettings(max_tokens=12), num_beams, eos_token_id=eos)
     if eos is not None:
         assert all(beam.tokens[-1] == eos and len(beam.tokens) < 12 for beam in beams)
     for row, beam in enumerate(beams):
