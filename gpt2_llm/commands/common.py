@@ -158,3 +158,12 @@ def parse_number(text, name, kind, low=None, high=None, exclusive_low=False):
                   (False, True): f"<= {high}"}[low is not None, high is not None]
         raise UserError(f"{name} must be {bounds}, got {text}")
     return value
+
+
+def check_inference_weights(dtype: str | None, quantize: str | None = None) -> None:
+    """--dtype and --quantize of the commands that decode or score (predict, serve, evaluate), or UserError."""
+    if quantize not in (None, "int8"):
+        raise UserError(f"--quantize {quantize}: the one quantization is int8")
+    if dtype is not None and dtype not in INFERENCE_DTYPE_NAMES:
+        raise UserError(f"--dtype {dtype}: use fp32 or bf16")
+

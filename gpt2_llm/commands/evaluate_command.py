@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from gpt2_llm.commands.common import INFERENCE_DTYPE_NAMES, parse_number
+from gpt2_llm.commands.common import check_inference_weights, parse_number
 from gpt2_llm.data.corpus import add_corpus_arguments
 from gpt2_llm.errors import UserError
 from gpt2_llm.tokenizer.vocab import DEFAULT_VOCAB, is_vocab
@@ -55,13 +55,11 @@ def add_arguments(name, parser):
 
 def run(args):
     options = parse_options(args)  # every flag checked before the (slow) model load
-    import torch
-
     from gpt2_llm.load import load_model_and_vocab
-    from gpt2_llm.device import pick_device
+    from gpt2_llm.device import DTYPES, pick_device
 
     device = pick_device(args.device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[options["dtype"] or default_dtype_name(device)]
+    dtype = DTYPES[options["dtype"] or default_dtype_name(device)]
     model_path, vocab_path, texts = split_paths(args.paths, args.pretrained)
     # Every model loaded and checked (vocab, context) before any text is encoded or scored: a mistake
     # in the last --model fails at once.
@@ -130,8 +128,7 @@ def parse_options(args) -> dict:
     if args.more_models and args.pretrained:
         raise UserError("--model scores more checkpoints with the same vocab file; with --pretrained the vocab is "
                         "the directory's own: evaluate each --pretrained directory in its own command")
-    if args.dtype is not None and args.dtype not in INFERENCE_DTYPE_NAMES:
-        raise UserError(f"--dtype {args.dtype}: use fp32 or bf16")
+    check_inference_weights(args.dtype)
     context = None if args.context is None else parse_number(args.context, "--context", int, low=2)
     stride = None if args.stride is None else parse_number(args.stride, "--stride", int, low=1)
     if context is not None and stride is not None and stride > context:

@@ -12,7 +12,7 @@ Flag values are checked here, so that a bad one is a one-line error (exit 2), no
 import sys
 import time
 
-from gpt2_llm.commands.common import INFERENCE_DTYPE_NAMES, parse_number
+from gpt2_llm.commands.common import check_inference_weights, parse_number
 from gpt2_llm.errors import UserError
 
 MAX_NEW_TOKENS = 100_000  # beyond this a typo is likelier than a wish (and it would run for hours)
@@ -159,10 +159,7 @@ def parse_options(args) -> dict:
     top_p = None if args.top_p is None else parse_number(args.top_p, "--top-p", float, low=0.0, high=1.0)
     if top_p == 0.0:
         raise UserError("--top-p must be in (0, 1], got 0")
-    if args.quantize not in (None, "int8"):
-        raise UserError(f"--quantize {args.quantize}: the one quantization is int8")
-    if args.dtype is not None and args.dtype not in INFERENCE_DTYPE_NAMES:
-        raise UserError(f"--dtype {args.dtype}: use fp32 or bf16")
+    check_inference_weights(args.dtype, args.quantize)
     dtype_name = args.dtype or "fp32"
     if any(stop == "" for stop in args.stop):
         raise UserError("--stop needs a non-empty string")

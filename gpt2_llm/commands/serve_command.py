@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from gpt2_llm.commands.common import INFERENCE_DTYPE_NAMES, parse_number
+from gpt2_llm.commands.common import check_inference_weights, parse_number
 from gpt2_llm.errors import UserError
 
 MAX_BATCH = 256
@@ -109,10 +109,7 @@ def model_name(args) -> str:
 
 def parse_options(args) -> dict:
     """Check every flag -> plain values, or raise UserError naming the flag (nothing imported yet)."""
-    if args.quantize not in (None, "int8"):
-        raise UserError(f"--quantize {args.quantize}: the one quantization is int8")
-    if args.dtype is not None and args.dtype not in INFERENCE_DTYPE_NAMES:
-        raise UserError(f"--dtype {args.dtype}: use fp32 or bf16")
+    check_inference_weights(args.dtype, args.quantize)
     if args.api_key is not None and not args.api_key.strip():
         raise UserError("--api-key needs a non-empty key")
     return {
