@@ -19,6 +19,10 @@ MAX_BATCH = 256
 MAX_QUEUE = 100_000
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 API_KEY_VARIABLE = "GPT2_LLM_API_KEY"  # the key from the environment, not the command line
+MAX_HEADER_BYTES = 32 * 1024  # Node's is 16 KiB; a browser sends localhost's cookies from every port's apps
+HEADER_TIMEOUT = 10.0  # seconds; real clients send their headers in one packet
+BODY_TIMEOUT = 60.0  # a 1 MiB body (the largest accepted) at 17 KB/s
+MAX_CONNECTIONS = 512  # well above --max-batch + --max-queue, below a default ulimit of 1024 files
 
 
 def add_arguments(name, parser):
@@ -46,6 +50,17 @@ def add_arguments(name, parser):
                              "and values for the whole context: 75 MB for GPT-2 small")
     server.add_argument("--max-queue", default="64",
                         help="sequences that may wait for a batch slot; past it requests get 429 (default 64)")
+    limits = parser.add_argument_group("limits on each connection (answered in OpenAI's error shape)")
+    limits.add_argument("--max-header-bytes", default=str(MAX_HEADER_BYTES),
+                        help=f"request line and headers larger than this get 431 (default {MAX_HEADER_BYTES})")
+    limits.add_argument("--header-timeout", default=str(HEADER_TIMEOUT), metavar="SECONDS",
+                        help="headers not whole this long after the connection opens or the request begins get 408 "
+                             f"(default {HEADER_TIMEOUT:g})")
+    limits.add_argument("--body-timeout", default=str(BODY_TIMEOUT), metavar="SECONDS",
+                        help="a body not whole this long after its headers gets 408; bodies are at most 1 MiB "
+                             f"(default {BODY_TIMEOUT:g})")
+    limits.add_argument("--max-connections", default=str(MAX_CONNECTIONS),
+                        help=f"open connections past this get 503 with Retry-After (default {MAX_CONNECTIONS})")
     server.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE) or None, metavar="KEY",
                         help="require 'Authorization: Bearer KEY' on /v1/ requests (the playground asks for it); "
                              f"default: ${API_KEY_VARIABLE}, which `ps` does not show to other users as it does "
@@ -57,6 +72,7 @@ def run(args):
     try:
         import fastapi  # noqa: F401  (only to say what is missing before anything slow)
         import uvicorn  # noqa: F401
+        import httptools  # noqa: F401  (the HTTP parser the connection limits are built on)
     except ImportError as missing:
         raise UserError(f"serve needs FastAPI and uvicorn ({missing.name} is missing): "
                         "pip install -r requirements-serve.txt") from None
@@ -64,6 +80,7 @@ def run(args):
     from gpt2_llm.device import DTYPES, pick_device
     from gpt2_llm.infer.prepare import int8_kernel
     from gpt2_llm.serving.api import create_app
+    from gpt2_llm.serving.http_limits import HttpLimits
     from gpt2_llm.serving.server import listen, run_server
     from gpt2_llm.serving.slots import prepare_for_batches
     from gpt2_llm.serving.engine import Engine
@@ -83,7 +100,7 @@ def run(args):
     host = f"[{options['host']}]" if ":" in options["host"] else options["host"]
     print(f"Serving {name} on http://{host}:{options['port']}/ (playground; API under /v1, e.g. /v1/completions). "
           "Ctrl-C stops.", flush=True)
-    run_server(engine, app, listener)
+    run_server(engine, app, listener, HttpLimits(**options["limits"]))
     return 0
 
 
@@ -118,6 +135,12 @@ def parse_options(args) -> dict:
         "max_batch": parse_number(args.max_batch, "--max-batch", int, low=1, high=MAX_BATCH),
         "max_queue": parse_number(args.max_queue, "--max-queue", int, low=0, high=MAX_QUEUE),
         "dtype": args.dtype or "fp32",
+        "limits": {
+            "max_header_bytes": parse_number(args.max_header_bytes, "--max-header-bytes", int, low=1024),
+            "header_timeout": parse_number(args.header_timeout, "--header-timeout", float, low=0, exclusive_low=True),
+            "body_timeout": parse_number(args.body_timeout, "--body-timeout", float, low=0, exclusive_low=True),
+            "max_connections": parse_number(args.max_connections, "--max-connections", int, low=1),
+        },
         # On a loopback address only this machine's names (and those allowed) may name the server; elsewhere the
         # API key is the guard, and any Host is answered unless names are given.
         "allowed_hosts": (LOOPBACK + tuple(args.allowed_host) if args.host in LOOPBACK

@@ -13,7 +13,7 @@ HEAD answers wherever GET does.
 
 Every error is answered in OpenAI's shape with its status (400 bad request, 401 key, 404 model or
 route, 413 body too large, 415 a body that is not JSON, 421 a Host not allowed, 429 queue full with
-Retry-After, 500 a fault).
+Retry-After, 500 a fault; below the app, http_limits.py answers 408, 431 and 503).
 A request names a model only to be checked against the one loaded: nothing a client sends makes the
 server read a file or load a model, and no answer is built from the client's Host header (no redirects).
 """
@@ -169,8 +169,8 @@ async def read_json(request: Request):
             body += chunk
             if len(body) > MAX_BODY_BYTES:
                 raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
-    except ClientDisconnect:  # the client hung up mid-body: one quiet line, nobody to answer
-        log.info("a client hung up while sending its request body")
+    except ClientDisconnect:  # hung up mid-body, or too slow (http_limits answered 408): one quiet line
+        log.info("a request body did not arrive whole: the client hung up or ran past --body-timeout")
         raise ApiError(400, "the client disconnected before sending its whole body") from None
     try:
         return json.loads(body)

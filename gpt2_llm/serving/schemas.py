@@ -27,9 +27,7 @@ UNSUPPORTED = {"suffix": None, "logit_bias": None, "presence_penalty": 0, "frequ
 class ApiError(Exception):
     """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}} with this status."""
 
-    TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-             413: "invalid_request_error", 415: "invalid_request_error", 421: "invalid_request_error",
-             429: "rate_limit_exceeded", 500: "server_error", 503: "server_error"}
+    TYPES = {429: "rate_limit_exceeded", 500: "server_error", 503: "server_error"}  # any other: invalid_request_error
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)

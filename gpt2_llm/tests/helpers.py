@@ -79,14 +79,23 @@ class LiveServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"serve exited with {self.process.returncode}: {self.log.read()}")
+                raise RuntimeError(f"serve exited with {self.process.returncode}: {self.output()}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=1):
                     return self
             except OSError:
                 time.sleep(0.1)
         raise TimeoutError(f"serve did not answer on {self.url} within {timeout} s")
+
+    def output(self) -> str:
+        """What the server has printed and logged so far."""
+        self.log.seek(0)
+        return self.log.read()
+
+    def rss_bytes(self) -> int:
+        """The server process's resident memory now (Linux)."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(status.split("VmRSS:")[1].split()[0]) * 1024
 
     def health(self) -> dict:
         with urllib.request.urlopen(self.url + "/health", timeout=5) as response:

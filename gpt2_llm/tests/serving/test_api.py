@@ -291,8 +291,7 @@ def test_a_client_that_hangs_up_mid_body_costs_one_quiet_log_line(server):
         time.sleep(0.3)
     wait_for(lambda: server.health()["status"] == "ok")
     time.sleep(0.3)
-    server.log.seek(0)
-    log = server.log.read()
+    log = server.output()
     assert "Traceback" not in log and "Exception in ASGI application" not in log
 
 
@@ -382,6 +381,10 @@ def test_listening_beyond_this_machine_without_a_key_is_warned_about():
     (["--max-batch", "0"], "--max-batch must be between 1 and 256"),
     (["--max-queue", "-1"], "--max-queue must be between 0"),
     (["--dtype", "fp8"], "--dtype fp8: use fp32 or bf16"),
+    (["--max-header-bytes", "100"], "--max-header-bytes must be >= 1024"),
+    (["--header-timeout", "0"], "--header-timeout must be > 0"),
+    (["--body-timeout", "inf"], "--body-timeout must be a finite number"),
+    (["--max-connections", "0"], "--max-connections must be >= 1"),
 ])
 def test_cli_mistakes_are_one_line_errors_with_exit_code_2(tmp_path, args, message):
     result = subprocess.run([sys.executable, MAIN, "serve", *map(str, args)], capture_output=True, text=True,
