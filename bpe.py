@@ -446,6 +446,10 @@ class BPE:
         """id -> bytes of every regular token (<|endoftext|> excluded: it stands for no text). {..., 256: b" t"}"""
         return dict(enumerate(self._token_bytes[: self._eot_id]))
 
+    def merges(self):
+        """The merged pairs of ids in rank order: merges()[k] made id 256 + k."""
+        return list(self._merge_list)
+
     def fingerprint(self):
         """sha256 hex of the vocab file's content: equal fingerprints mean identical tokenization (cache keys)."""
         if self._fingerprint is None:

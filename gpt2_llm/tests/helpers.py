@@ -68,11 +68,11 @@ def free_port() -> int:
 class LiveServer:
     """`python main.py serve ...` in a subprocess on a free port of 127.0.0.1; .url once it answers /health."""
 
-    def __init__(self, *args, env=ONE_THREAD_ENV):
+    def __init__(self, *args, env=ONE_THREAD_ENV, main=MAIN):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a pipe nobody reads would block a chatty server
-        self.process = subprocess.Popen([sys.executable, MAIN, "serve", *map(str, args), "--port", str(self.port)],
+        self.process = subprocess.Popen([sys.executable, main, "serve", *map(str, args), "--port", str(self.port)],
                                         stdout=self.log, stderr=subprocess.STDOUT, text=True, env=env)
 
     def wait_ready(self, timeout=60.0):

@@ -1,6 +1,7 @@
 """OpenAI's GPT-2 tokenizer files, encoder.json (token -> id) and vocab.bpe (the merges in rank order), read into the
-two things that define a vocab here: which byte each of ids 0..255 is, and the list of merged pairs. BPE.from_gpt2
-builds its vocab from them.
+two things that define a vocab here: which byte each of ids 0..255 is, and the list of merged pairs (BPE.from_gpt2
+builds its vocab from them), and any vocab of ours spelled back the same way (what `export` writes for Hugging Face
+and GGUF).
 
 No torch, and nothing of bpe.py, which imports this module.
 """
@@ -53,3 +54,23 @@ def read_gpt2_files(encoder_json_path, vocab_bpe_path, eot):
     if encoder.get(eot) != 256 + len(merges) or len(encoder) != 257 + len(merges):
         raise UserError(f"{encoder_json_path} and {vocab_bpe_path} do not belong together")
     return byte_values, merges
+
+
+def gpt2_spelling(bpe, eot) -> tuple[dict[str, int], list[str]]:
+    """A vocab spelled as OpenAI's files spell theirs: (encoder: token -> id, <|endoftext|> included; merges as
+    "left right" lines in rank order). UserError if two tokens have the same bytes (a vocab can learn the same
+    string by two merges; no byte-level BPE file can say which id it is).
+
+    gpt2_spelling(BPE.from_gpt2(...), EOT) -> ({"!": 0, ..., "<|endoftext|>": 50256}, ["Ġ t", "Ġ a", ...])
+    """
+    spell = _gpt2_bytes_to_unicode()
+    token_bytes = bpe.token_bytes()
+    names = ["".join(spell[b] for b in token_bytes[token_id]) for token_id in range(bpe.eot_id)]
+    encoder = {}
+    for token_id, name in enumerate(names):
+        if name in encoder:
+            raise UserError(f"{bpe.vocab_path}: tokens {encoder[name]} and {token_id} are the same bytes "
+                            f"({token_bytes[token_id]!r}); a byte-level BPE file cannot hold both")
+        encoder[name] = token_id
+    encoder[eot] = bpe.eot_id
+    return encoder, [f"{names[left]} {names[right]}" for left, right in bpe.merges()]
