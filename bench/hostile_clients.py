@@ -8,7 +8,7 @@ the same time. Against each, over raw sockets, at once:
   64 MB header     GET /health with a 64 MB header value: the answer, and the server's resident memory before and
                    2 s after
   lying length     POST /v1/completions whose Content-Length promises 100 bytes more than are sent
-  slow body        a body sent a byte a second
+  slow body        a 118-byte body sent a byte a second
   slow headers     headers sent a byte a second
   silent           a connection that sends nothing
   100 incomplete   100 connections, each with headers and half a body: how many are still open after --wait s
@@ -143,7 +143,7 @@ def run_cases(server, wait) -> dict:
     stop = threading.Event()
     cases = {
         "lying length": lambda: slow(server, wait, post_head(100) + BODY, b"", stop),
-        "slow body": lambda: slow(server, wait, post_head(0), BODY, stop),
+        "slow body": lambda: slow(server, wait, post_head(80), BODY + b" " * 80, stop),  # ~2 min at 1 byte/s
         "slow headers": lambda: slow(server, wait, b"GET /health HTTP/1.1\r\n", b"X-Slow: " + b"a" * 500, stop),
         "silent": lambda: slow(server, wait, b"", b"", stop),
         "100 incomplete": lambda: incomplete(server, wait),
