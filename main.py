@@ -1,5 +1,5 @@
-"""gpt2-llm command line: tokenize, encode, decode, prepare, train, predict, evaluate, finetune, merge, plot, check,
-info.
+"""gpt2-llm command line: tokenize, encode, decode, prepare, train, predict, evaluate, finetune, merge, export, plot,
+check, info.
 
     python main.py tokenize <file>...              # learn a BPE vocabulary -> vocab.txt
     python main.py prepare <file>... [--vocab V]   # encode a corpus once into its token cache
@@ -11,6 +11,7 @@ info.
     python main.py evaluate <model> [vocab] <text>...   # bits per byte, nats per token, perplexity
     python main.py finetune <file> [vocab] --base CHECKPOINT | --pretrained DIR
     python main.py merge <adapter> [vocab]
+    python main.py export [model] [vocab] --output DIR|FILE.gguf   # for Hugging Face, llama.cpp, Ollama
     python main.py check <checkpoint> <vocab>      # do they belong together? (exit 0 yes, 1 no)
     python main.py info                            # this machine and the precision and kernels chosen for it
 
@@ -34,6 +35,8 @@ COMMANDS = {
     "evaluate": ("evaluate_command", "score models on texts: bits per byte, nats per token, perplexity"),
     "finetune": ("finetune_command", "fine-tune a trained model on new text: LoRA adapters, or --full"),
     "merge": ("merge_command", "fold a LoRA adapter into a whole checkpoint"),
+    "export": ("export_command", "write a model with its tokenizer for Hugging Face (a directory) or llama.cpp and "
+                                 "Ollama (GGUF)"),
     "plot": ("plot_command", "plot the loss curves of a training metrics log"),
     "check": ("check_command", "diagnose whether a checkpoint and a vocabulary belong together"),
     "info": ("info_command", "this machine: CPU, ISA flags, threads, the precision and kernels chosen here, and why"),

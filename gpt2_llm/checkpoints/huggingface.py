@@ -115,14 +115,18 @@ def _read_weights(directory) -> dict[str, torch.Tensor]:
     raise UserError(f"{directory} has neither model.safetensors nor pytorch_model.bin")
 
 
-def write_hf_gpt2(model, directory) -> None:
-    """Write `model` as config.json + model.safetensors loadable by GPT2LMHeadModel.from_pretrained."""
+def write_hf_gpt2(model, directory, eot_id: int | None = None, dtype: torch.dtype | None = None) -> None:
+    """Write `model` as config.json + generation_config.json + model.safetensors, loadable by
+    GPT2LMHeadModel.from_pretrained. eot_id: its vocab's <|endoftext|>, the bos and eos token (default: GPT-2's
+    50256 when the vocab is GPT-2's size, else none); dtype: the weights' (default: as the model holds them)."""
     config = model.config
     if config.use_rope:
         raise UserError(
-            "a RoPE model cannot be saved in Hugging Face GPT-2 layout (GPT-2 has learned positions); "
-            "save it with model.save(path) instead"
+            "a RoPE model has no Hugging Face GPT-2 layout (GPT-2 has learned positions); train without --rope "
+            "to export one, or keep this one as a checkpoint (model.save)"
         )
+    if eot_id is None and config.vocab_size == 50257:  # only then is 50256 GPT-2's <|endoftext|>
+        eot_id = 50256
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     tensors = {}
@@ -134,13 +138,15 @@ def write_hf_gpt2(model, directory) -> None:
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.LayerNorm)) and module.bias is None and name != "lm_head":
             tensors[_hf_key(f"{name}.bias")] = torch.zeros(module.weight.shape[0], dtype=module.weight.dtype)
+    if dtype is not None:
+        tensors = {key: tensor.to(dtype).contiguous() for key, tensor in tensors.items()}
     write_safetensors(os.path.join(directory, "model.safetensors"), tensors, {"format": "pt"})
-    gpt2_vocab = config.vocab_size == 50257  # only then is 50256 GPT-2's <|endoftext|>
     hf_config = {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
         "vocab_size": config.vocab_size,
         "n_positions": config.max_seq_len,
+        "n_ctx": config.max_seq_len,  # what llama.cpp's converter reads (OpenAI's configs carry it)
         "n_embd": config.embedding_dim,
         "n_layer": config.num_layers,
         "n_head": config.num_heads,
@@ -154,10 +160,14 @@ def write_hf_gpt2(model, directory) -> None:
         "scale_attn_weights": True,
         "tie_word_embeddings": True,
         "use_cache": True,
-        "bos_token_id": 50256 if gpt2_vocab else None,
-        "eos_token_id": 50256 if gpt2_vocab else None,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
     }
+    if dtype is not None:
+        hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    generation = {"bos_token_id": eot_id, "eos_token_id": eot_id}
     atomic_write(os.path.join(directory, "config.json"), json.dumps(hf_config, indent=2) + "\n")
+    atomic_write(os.path.join(directory, "generation_config.json"), json.dumps(generation, indent=2) + "\n")
 
 
 def _hf_key(key: str) -> str:
