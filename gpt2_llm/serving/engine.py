@@ -231,8 +231,10 @@ class Engine:
 
     def _add_logprobs(self, event: TokenEvent, logits: torch.Tensor, count: int) -> None:
         """The model's own distribution (before temperature, top-k, top-p and penalty): how likely it found the
-        chosen token and its `count` most likely alternatives."""
-        logprobs = torch.log_softmax(logits[: self.vocab_size].float(), dim=-1)
+        chosen token and its `count` most likely alternatives. Normalized over every row of the output, the
+        padding rows past the vocab too, as in training, `evaluate` and transformers (so that a harness scores the
+        same here and on an exported model); only the vocab's tokens are reported."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1)[: self.vocab_size]
         event.logprob = float(logprobs[event.token_id])
         if count:
             top = torch.topk(logprobs, min(count, self.vocab_size))

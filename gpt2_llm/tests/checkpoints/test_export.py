@@ -38,6 +38,8 @@ def trained(tmp_path_factory, shakespeare, python_source):
     bpe.create_vocab(text, verbose=False)
     bpe.save()
     ids = torch.tensor(bpe.encode(text))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a micro model: threads gain nothing, and on a busy machine cost a lot
     torch.manual_seed(0)
     model = GPT2(vocab_size=bpe.get_model_vocab_size(), embedding_dim=64, num_layers=2, num_heads=4, max_seq_len=256)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -49,6 +51,7 @@ def trained(tmp_path_factory, shakespeare, python_source):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    torch.set_num_threads(threads)
     model.eval()
     checkpoint = directory / "model.pt"
     model.save(checkpoint, {"vocab": {"fingerprint": bpe.fingerprint(), "size": bpe.vocab_size}})
@@ -199,3 +202,71 @@ def test_cli_mistakes_are_one_line_errors_with_exit_code_2(tmp_path, args, messa
                             timeout=60)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and message in result.stderr
+
+
+# --- lm-eval: a local multiple-choice task, scored from the exported directory and from `serve` over it ---
+LM_EVAL_TASK = """task: gpt2_llm_tiny_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+target_delimiter: ""
+metric_list:
+  - metric: acc
+"""
+LM_EVAL_DOCS = [
+    {"question": "Now is the winter of our", "choices": [" discontent", " summer", " York"], "answer": 0},
+    {"question": "def area(r):\n    return", "choices": [" 3.14159 * r ** 2", " r", " None"], "answer": 0},
+    {"question": "Мороз и", "choices": [" солнце", " день"], "answer": 0},
+    {"question": "床前明月", "choices": ["光", "霜"], "answer": 0},
+]
+
+
+def lm_eval_loglikelihoods(tasks, model, model_args) -> list[float]:
+    """lm-eval (its Python API, as `lm-eval run` calls it) on the tiny task -> each (doc, choice)'s log-likelihood."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    results = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=["gpt2_llm_tiny_choice"],
+                                      task_manager=TaskManager(include_path=str(tasks)), batch_size=1,
+                                      device="cpu", log_samples=True, bootstrap_iters=0)
+    samples = sorted(results["samples"]["gpt2_llm_tiny_choice"], key=lambda sample: sample["doc_id"])
+    return [float(resp[0][0]) for sample in samples for resp in sample["resps"]]
+
+
+def test_lm_eval_scores_the_export_and_the_server_alike(trained, exported, tmp_path, monkeypatch):
+    from gpt2_llm.tests.helpers import LiveServer
+
+    for name, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                        "HF_DATASETS_CACHE": str(tmp_path / "datasets")}.items():
+        monkeypatch.setenv(name, value)  # (before lm-eval imports `datasets`, which reads them then)
+    pytest.importorskip("lm_eval", reason="lm-eval is a test dependency (requirements-dev.txt)")
+    model, bpe, _, _ = trained
+    directory, _, _ = exported
+    data = tmp_path / "tiny.jsonl"
+    data.write_text("".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in LM_EVAL_DOCS), encoding="utf-8")
+    (tmp_path / "tiny.yaml").write_text(LM_EVAL_TASK.format(data=data), encoding="utf-8")
+    server = LiveServer("--pretrained", directory)  # starts while lm-eval scores the directory
+    try:
+        direct = lm_eval_loglikelihoods(tmp_path, "hf", f"pretrained={directory},dtype=float32")
+        served = lm_eval_loglikelihoods(tmp_path, "local-completions",
+                                        f"base_url={server.wait_ready().url}/v1/completions,model={directory.name},"
+                                        f"tokenizer={directory},tokenizer_backend=huggingface,max_retries=1")
+    finally:
+        server.stop()
+    ours = []  # the same log-likelihoods, from our model directly
+    for doc in LM_EVAL_DOCS:
+        context = bpe.encode(doc["question"])
+        for choice in doc["choices"]:
+            continuation = bpe.encode(doc["question"] + choice)[len(context):]
+            ids = torch.tensor([context + continuation])
+            with torch.no_grad():
+                logprobs = model(ids[:, :-1]).log_softmax(-1)[0, len(context) - 1:]
+            ours.append(logprobs.gather(-1, torch.tensor(continuation)[:, None]).sum().item())
+    assert len(direct) == len(served) == len(ours) == sum(len(doc["choices"]) for doc in LM_EVAL_DOCS)
+    assert direct == pytest.approx(ours, abs=1e-4) and served == pytest.approx(ours, abs=1e-4)
