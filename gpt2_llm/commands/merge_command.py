@@ -2,12 +2,11 @@
 
     python main.py merge adapter.safetensors                         # its recorded base -> merged_model.pt
     python main.py merge adapter.safetensors gpt2/ --pretrained gpt2/ --output shakespeare_gpt2.pt
-    python main.py merge adapter.safetensors --hf --output shakespeare_gpt2/   # a Hugging Face directory
+    python main.py merge adapter.safetensors --hf --output shakespeare_gpt2/   # a Hugging Face directory (export)
 
 Each adapted weight becomes W + (alpha / r) B A (see lora.py): the merged model computes what base +
 adapter computed, needs no adapter at run time, and can be trained on, quantized or exported.
 """
-import os
 
 from gpt2_llm.commands.common import DEFAULT_VOCAB, add_base_arguments, check_can_save
 from gpt2_llm.errors import UserError
@@ -25,29 +24,29 @@ def add_arguments(name, parser):
                         help=f"whole checkpoint to write (default: {DEFAULT_OUTPUT}; with --hf the directory "
                              f"{DEFAULT_HF_OUTPUT})")
     parser.add_argument("--hf", action="store_true",
-                        help="write a Hugging Face GPT-2 directory instead (config.json + model.safetensors, and "
-                             "vocab.json + merges.txt when the base is a --pretrained directory)")
+                        help="write a Hugging Face GPT-2 directory instead, with the vocab's tokenizer files (as "
+                             "`export --format hf` does)")
 
 
 def run(args):
     from safetensors import SafetensorError
 
+    from gpt2_llm.checkpoints.export import check_export, export
     from gpt2_llm.finetune.lora import merge_lora
     from gpt2_llm.load import load_adapted_base, load_adapter_file
 
     output = args.output or (DEFAULT_HF_OUTPUT if args.hf else DEFAULT_OUTPUT)
     if args.hf:
-        if os.path.isfile(output):
-            raise UserError(f"--hf writes a directory, but {output} is a file; pass another --output")
+        check_export(output, "hf", "f32")
     else:
         check_can_save(output)
     tensors, metadata = load_adapter_file(args.adapter)
-    model, _, (base_path, pretrained) = load_adapted_base(args.base, args.vocab, args.pretrained, args.adapter,
+    model, bpe, (base_path, pretrained) = load_adapted_base(args.base, args.vocab, args.pretrained, args.adapter,
                                                           (tensors, metadata))
     model = merge_lora(model)
     try:
         if args.hf:
-            write_hf_directory(model, output, pretrained)
+            export(model, bpe, output, "hf", "f32")
         else:
             saved_vocab = {"vocab": metadata["vocab"]} if "vocab" in metadata else {}
             merged_from = {"adapter": args.adapter, **(metadata["adapter"].get("base") or {})}
@@ -57,8 +56,7 @@ def run(args):
         kept = "" if args.hf else "; nothing was changed"
         raise UserError(f"cannot write {output}: {reason}{kept}") from None
     if args.hf:
-        how = (f'python main.py predict "..." 50 --pretrained {output}' if pretrained
-               else f"transformers' GPT2LMHeadModel.from_pretrained({output!r}) (the vocabulary is ours, not GPT-2's)")
+        how = f'python main.py predict "..." 50 --pretrained {output}'
         print(f"Merged {args.adapter} into {pretrained or base_path}; saved the directory {output}. Try: {how}")
     else:
         vocab = args.vocab or pretrained or DEFAULT_VOCAB
@@ -66,15 +64,3 @@ def run(args):
               f"Try: python main.py predict \"...\" 50 {output} {vocab}")
     return 0
 
-
-def write_hf_directory(model, directory, pretrained) -> None:
-    """The merged model in Hugging Face's GPT-2 layout, with GPT-2's tokenizer files when the base had them
-    (a base trained here has its own vocabulary, which Hugging Face's GPT-2 tokenizer cannot read)."""
-    from gpt2_llm.files import atomic_write
-    from gpt2_llm.tokenizer.vocab import GPT2_FILES
-
-    model.save_pretrained(directory)
-    if pretrained is not None:
-        for name in GPT2_FILES:
-            with open(os.path.join(pretrained, name), "rb") as f:
-                atomic_write(os.path.join(directory, name), f.read())

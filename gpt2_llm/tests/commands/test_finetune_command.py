@@ -147,7 +147,8 @@ def test_lora_on_a_hugging_face_gpt2_directory(tmp_path):
     assert code == 0 and merged == out, err
     code, _, err = main("merge", "adapter.safetensors", "--hf", "--output", "merged_hf", cwd=tmp_path)
     assert code == 0, err
-    assert {p.name for p in (tmp_path / "merged_hf").iterdir()} == {"config.json", "model.safetensors", "vocab.json",
-                                                                     "merges.txt"}
+    from gpt2_llm.checkpoints.export import HF_FILES
+
+    assert {p.name for p in (tmp_path / "merged_hf").iterdir()} == set(HF_FILES)
     code, merged_hf, err = main("predict", "Hello", 4, "--pretrained", "merged_hf", "--temperature", 0, cwd=tmp_path)
     assert code == 0 and merged_hf == out, err
