@@ -119,15 +119,25 @@ def test_the_files_say_what_llama_cpp_and_transformers_need(trained, exported):
     assert merges[0] == "#version: 0.2" and len(merges) == 1 + len(bpe.merges())
 
 
-def test_our_commands_read_an_exported_directory_back(trained, exported):
-    _, bpe, _, _ = trained
+def test_our_commands_read_an_exported_directory_as_they_read_the_checkpoint(trained, exported):
+    _, bpe, checkpoint, vocab = trained
     directory, _, _ = exported
     again = BPE.from_gpt2(str(directory / "vocab.json"), str(directory / "merges.txt"))
     assert again.token_bytes() == bpe.token_bytes() and again.merges() == bpe.merges()
-    result = subprocess.run([sys.executable, MAIN, "predict", "Now is", "8", "--pretrained", str(directory),
-                             "--temperature", "0"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("Now is")
+    text = directory.parent / "text.txt"
+    text.write_text("".join(SCRIPTS.values()) * 3, encoding="utf-8")
+
+    def run(*args) -> str:
+        result = subprocess.run([sys.executable, MAIN, *map(str, args)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def scores(report: str) -> list[str]:  # the last row's nats/token, perplexity and bits/byte
+        return report.splitlines()[-1].split()[-3:]
+
+    assert (run("predict", "Now is", 8, "--pretrained", directory, "--temperature", 0)
+            == run("predict", "Now is", 8, checkpoint, vocab, "--temperature", 0))
+    assert scores(run("evaluate", directory, text)) == scores(run("evaluate", checkpoint, vocab, text))
 
 
 def test_gpt2s_vocab_exports_as_gpt2s_own_files(gpt2_bpe, tmp_path):
