@@ -51,6 +51,6 @@ def run(args):
         print(f"Try: python main.py predict \"...\" 50 --pretrained {args.output}   or, in Python: "
               f"transformers.pipeline('text-generation', model={args.output!r})")
     else:
-        print(f"Try: llama-cli -m {args.output} -p \"...\"   or: ollama create mymodel -f {written[1]} && "
+        print(f"Try: llama-completion -m {args.output} -p \"...\"   or: ollama create mymodel -f {written[1]} && "
               "ollama run mymodel \"...\"")
     return 0

@@ -1,7 +1,8 @@
 """Bad input on the command line: one `error: ...` line on stderr, exit code 2, no traceback, no file changed.
 
-One table drives every command (tokenize, encode, decode, train, predict, plot, check_checkpoint.py) as a
-subprocess over the ways a user can get its input wrong. Disk-full while saving is simulated in-process.
+One table drives every command (tokenize, encode, decode, train, predict, plot, check_checkpoint.py) over the ways
+a user can get its input wrong, through main.main in this process; a row per command also runs as a real process.
+Disk-full while saving is simulated in-process.
 """
 import builtins
 import errno
@@ -234,29 +235,68 @@ def case_id(case):
     return template[:90]
 
 
-@pytest.mark.parametrize("template, expected_code, keyword", CASES, ids=[case_id(c) for c in CASES])
-def test_bad_input_is_one_line_error(files, template, expected_code, keyword):
+def run_case(files, template, monkeypatch, capfd) -> tuple[int, str, str]:
+    """One table row through main.main in this process (the CLI's own entry point, without paying a Python start
+    and torch's import per row), on a machine without a GPU: (exit code, stdout, stderr)."""
     words = template.split(" ")
     argv = [word.format(**files) if "{" in word and "[[[" not in word else word for word in words]
     argv = ["" if a == "''" else a for a in argv]
-    script = "check_checkpoint.py" if argv[0] == "check" else "main.py"
-    argv = argv[1:] if argv[0] == "check" else argv
+    argv = argv[1:] if argv[0] == "check" else argv  # check_checkpoint.py is `main.py check`
+    argv = ["check", *argv] if words[0] == "check" else argv
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    try:
+        code = main.main(argv)
+    except SystemExit as exit:  # argparse's own refusals
+        code = exit.code
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("template, expected_code, keyword", CASES, ids=[case_id(c) for c in CASES])
+def test_bad_input_is_one_line_error(files, template, expected_code, keyword, monkeypatch, capfd):
     before = tree_hashes(files["tmp"])
-    result = subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output, output[-3000:]
-    assert result.returncode == expected_code, output[-3000:]
-    if expected_code == 1:  # check_checkpoint's verdict: a report on stdout, no error
-        assert keyword in result.stdout.lower() and result.stderr == "", output
-    else:
-        lines = result.stderr.strip("\n").split("\n")
-        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-        assert keyword in lines[0].lower(), lines[0]
+    code, out, err = run_case(files, template, monkeypatch, capfd)
+    assert_one_line_error(code, out, err, expected_code, keyword)
     after = tree_hashes(files["tmp"])
     assert {p: h for p, h in after.items() if p in before} == before, "an existing file changed"
     assert not files["marker"].exists(), "loading the checkpoint ran code"
     assert not [p for p in after if p.name.endswith(".tmp")], "a temp file was left behind"
+
+
+def assert_one_line_error(code, out, err, expected_code, keyword):
+    assert "Traceback" not in out + err, (out + err)[-3000:]
+    assert code == expected_code, (out + err)[-3000:]
+    if expected_code == 1:  # check_checkpoint's verdict: a report on stdout, no error
+        assert keyword in out.lower() and err == "", out + err
+    else:
+        lines = err.strip("\n").split("\n")
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        assert keyword in lines[0].lower(), lines[0]
+
+
+# One row per command, as a real process: the scripts themselves, argv bytes as the OS passes them, no GPU.
+IN_A_PROCESS = [
+    ("tokenize {missing} -o {tmp}/new_vocab", 2, "no such file"),
+    ("encode a\udcffb {vocab}", 2, "utf-8"),
+    ("decode [true] {vocab}", 2, "list of integers"),
+    (TRAIN.replace("{text}", "{empty}"), 2, "empty"),
+    (RESUME.replace("{ckpt}", "{ckpt_torchsave}"), 2, "pickle"),
+    (PREDICT.replace("{ckpt}", "{ckpt_pickle}"), 2, "pickle"),
+    ("plot {log_no_step} -o {tmp}/new.png", 2, "step"),
+    ("evaluate {ckpt} {vocab} {one_token}", 2, "too short"),
+    ("check {ckpt_other_vocab} {vocab}", 1, "different vocabulary"),
+]
+
+
+@pytest.mark.parametrize("template, expected_code, keyword", IN_A_PROCESS, ids=[case_id(c) for c in IN_A_PROCESS])
+def test_bad_input_is_one_line_error_from_the_scripts(files, template, expected_code, keyword):
+    argv = [word.format(**files) for word in template.split(" ")]
+    script, argv = ("check_checkpoint.py", argv[1:]) if argv[0] == "check" else ("main.py", argv)
+    result = subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert_one_line_error(result.returncode, result.stdout, result.stderr, expected_code, keyword)
 
 
 # --- disk full while saving --------------------------------------------------------------------------
