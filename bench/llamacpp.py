@@ -119,16 +119,6 @@ def model_tag(pretrained: str | None) -> str:
     return f"{directory.name}-{hashlib.sha1(stamp.encode()).hexdigest()[:8]}"
 
 
-def with_n_ctx(hf_config: dict) -> dict:
-    """{"n_positions": 1024, ...} -> {"n_positions": 1024, ..., "n_ctx": 1024}.
-
-    llama.cpp's GPT-2 converter reads the context length from n_ctx, the older GPT-2 key that OpenAI's
-    configs carry beside n_positions. Our exporter (huggingface.write_hf_gpt2) does not write it, so the bench
-    adds it to its own export; once the exporter writes it, this is a no-op.
-    """
-    return {**hf_config, "n_ctx": hf_config.get("n_ctx", hf_config["n_positions"])}
-
-
 def export_model(directory: Path, pretrained: str | None, encoder_json: Path, vocab_bpe: Path) -> None:
     """Write our model as a Hugging Face GPT-2 directory with GPT-2's tokenizer files, unless it is there."""
     if (directory / "config.json").is_file():
@@ -144,8 +134,6 @@ def export_model(directory: Path, pretrained: str | None, encoder_json: Path, vo
     # The converter reads the tokenizer through transformers: OpenAI's files under Hugging Face's names.
     shutil.copyfile(encoder_json, partial / "vocab.json")
     shutil.copyfile(vocab_bpe, partial / "merges.txt")
-    config_path = partial / "config.json"
-    config_path.write_text(json.dumps(with_n_ctx(json.loads(config_path.read_text())), indent=2) + "\n")
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(partial, directory)  # whole or absent: an interrupted export is redone next time
 

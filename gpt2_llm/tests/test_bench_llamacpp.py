@@ -28,11 +28,12 @@ def test_cache_layout_is_the_sdist_source_beside_its_build():
     assert llamacpp.llama_bench_binary(root) == root / "build/bin/llama-bench"
 
 
-@pytest.mark.parametrize("config, n_ctx", [({"n_positions": 1024}, 1024), ({"n_positions": 64, "n_ctx": 64}, 64)])
-def test_export_config_gets_the_n_ctx_key_llama_cpps_converter_reads(config, n_ctx):
-    fixed = llamacpp.with_n_ctx(config)
-    assert fixed["n_ctx"] == n_ctx and fixed["n_positions"] == config["n_positions"]
-    assert "n_ctx" not in config or config["n_ctx"] == n_ctx  # the input is left as it was
+def test_the_exported_config_has_the_n_ctx_key_llama_cpps_converter_reads(tmp_path):
+    from gpt2_llm.tests.helpers import make_small_model
+
+    make_small_model().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["n_ctx"] == config["n_positions"]
 
 
 def test_llama_bench_json_gives_the_generation_tests_samples():
