@@ -41,7 +41,8 @@ from gpt2_llm.tokenizer.openai_files import read_gpt2_files
 from gpt2_llm.tokenizer.parallel import encode_file_in_parallel
 from gpt2_llm.tokenizer.training import learn_merges, recommended_vocab_size
 
-EOT = "<|endoftext|>"  # the one special token
+EOT = "<|endoftext|>"  # the special token every vocab has; others (a chat's roles) may follow it
+_SPECIAL_NAME = re.compile(r"<\|[A-Za-z0-9_.:-]{1,64}\|>")  # how a special token is spelled: <|user|>
 
 
 # ---- the pre-split ----
@@ -272,6 +273,7 @@ codecs.register_error("bpe-replace", _keep_surrogates_else_replace)
 #     #pattern '(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 #     #tokens 299
 #     #special <|endoftext|> 299
+#     #special <|user|> 300    (more special tokens, if any were added: ids after <|endoftext|>, in order)
 #     # one token per line: ...
 #     0 \x00
 #     32 ␣
@@ -306,9 +308,9 @@ def _unescape(field):
         return None
 
 
-def _format_vocab(token_bytes, parents):
+def _format_vocab(token_bytes, parents, specials=(EOT,)):
     """The vocab file's text for the regular tokens token_bytes (a list of bytes, in id order) and parents
-    (merged id -> the pair it merges); <|endoftext|> takes the id after the last token.
+    (merged id -> the pair it merges); the special tokens (<|endoftext|> first) take the ids after the last token.
 
     _format_vocab([bytes([b]) for b in range(256)] + [b"aa"], {256: (97, 97)}) -> "#gpt2-llm-bpe v1\n...256 aa 97 97\n"
     """
@@ -317,7 +319,7 @@ def _format_vocab(token_bytes, parents):
         FORMAT_HEADER,
         f"#pattern {GPT2_PATTERN}",
         f"#tokens {eot_id}",
-        f"#special {EOT} {eot_id}",
+        *(f"#special {name} {eot_id + i}" for i, name in enumerate(specials)),
         "# one token per line: id, its bytes (printable ASCII as-is, ␣ = space, \\\\ = backslash, \\xNN = other"
         " bytes), and for merged tokens the two ids merged (the merge order is the id order)",
     ]
@@ -329,7 +331,8 @@ def _format_vocab(token_bytes, parents):
 
 
 def _parse_vocab(text, path):
-    """Check and read a vocab file; returns (byte_values, merges) for BPE._build. The inverse of _format_vocab."""
+    """Check and read a vocab file; returns (byte_values, merges, specials) for BPE._build. The inverse of
+    _format_vocab."""
     lines = text.replace("\r\n", "\n").split("\n")  # a valid file has no raw \r: every such byte is escaped
     if lines[-1] == "":
         lines.pop()
@@ -348,6 +351,14 @@ def _parse_vocab(text, path):
     num_tokens = int(num_tokens)
     if header.get("#special") != f"{EOT} {num_tokens}":
         fail(4, f"expected '#special {EOT} {num_tokens}' (the special token right after the last regular token)")
+    specials = [EOT]
+    for lineno, line in enumerate(lines[4:], start=5):  # more special tokens, each with the next id
+        if not line.startswith("#special "):
+            break
+        name, _, special_id = line[len("#special "):].rpartition(" ")
+        if not _SPECIAL_NAME.fullmatch(name) or name in specials or special_id != str(num_tokens + len(specials)):
+            fail(lineno, f"expected '#special <|name|> {num_tokens + len(specials)}' (a new name, the next id)")
+        specials.append(name)
 
     token_bytes, byte_values, merges = [], [], {}
     token_lines = [(lineno, line) for lineno, line in enumerate(lines[4:], start=5) if not line.startswith("#")]
@@ -379,12 +390,13 @@ def _parse_vocab(text, path):
         token_bytes.append(data)
     if len(token_bytes) != num_tokens:
         fail(len(lines), f"file ends after {len(token_bytes)} of {num_tokens} tokens (truncated?)")
-    return byte_values, list(merges)
+    return byte_values, list(merges), specials
 
 
 class BPE:
     """GPT-2 byte-level BPE. ids 0..255 are the 256 single bytes (in any order: GPT-2's files use their own), id
-    256 + k is the k-th merge, and the special token <|endoftext|> comes right after the last merge.
+    256 + k is the k-th merge, and the special token <|endoftext|> comes right after the last merge, followed by any
+    special tokens added since (add_special_tokens: a chat's role markers).
 
     A fresh BPE() has no merges yet: it encodes every byte as its own token, and the vocab has 257 entries.
     """
@@ -396,9 +408,9 @@ class BPE:
 
     # ---- building and inspecting the vocab ----
 
-    def _build(self, byte_values, merges):
-        """Derive every lookup table from the two things that define the vocab: which byte each of ids 0..255 is,
-        and the list of merged pairs (merge k makes id 256 + k)."""
+    def _build(self, byte_values, merges, specials=(EOT,)):
+        """Derive every lookup table from the things that define the vocab: which byte each of ids 0..255 is, the
+        list of merged pairs (merge k makes id 256 + k), and the special tokens (<|endoftext|> first)."""
         self._byte_values = list(byte_values)
         self._merge_list = list(merges)
         self._token_bytes = [bytes([b]) for b in self._byte_values]
@@ -408,7 +420,8 @@ class BPE:
             self._parents[new_id] = (a, b)
             self._token_bytes.append(self._token_bytes[a] + self._token_bytes[b])
         self._eot_id = len(self._token_bytes)
-        self._token_bytes.append(EOT.encode("utf-8"))
+        self._specials = {name: self._eot_id + i for i, name in enumerate(specials)}
+        self._token_bytes += [name.encode("utf-8") for name in specials]  # decode spells a special token out
         byte_table = bytearray(256)
         for token_id, b in enumerate(self._byte_values):
             byte_table[b] = token_id
@@ -422,6 +435,25 @@ class BPE:
     def vocab_size(self):
         """Number of tokens including <|endoftext|>: 50257 for GPT-2."""
         return len(self._token_bytes)
+
+    @property
+    def special_tokens(self):
+        """name -> id of every special token, <|endoftext|> first: {"<|endoftext|>": 50256} for GPT-2."""
+        return dict(self._specials)
+
+    def add_special_tokens(self, names):
+        """Add special tokens (spelled <|name|>) after the existing ones -> their ids; names already here keep theirs.
+        Encoding text without them is unchanged; the vocab (and its fingerprint) is a new one.
+
+        add_special_tokens(["<|user|>", "<|end|>"]) -> [50257, 50258] on GPT-2's vocab
+        """
+        for name in names:
+            if not isinstance(name, str) or not _SPECIAL_NAME.fullmatch(name):
+                raise UserError(f"a special token is spelled <|name|> (letters, digits, _.:-), got {name!r}")
+        new = [name for name in dict.fromkeys(names) if name not in self._specials]
+        if new:
+            self._build(self._byte_values, self._merge_list, [*self._specials, *new])
+        return [self._specials[name] for name in names]
 
     @property
     def eot_id(self):
@@ -484,10 +516,10 @@ class BPE:
 
     def _allowed_specials(self, allowed_special):
         if allowed_special == "all":
-            return {EOT}
-        unknown = set(allowed_special) - {EOT}
+            return set(self._specials)
+        unknown = set(allowed_special) - set(self._specials)
         if unknown:
-            raise UserError(f"unknown special token(s) {sorted(unknown)}; this vocab has only {EOT}")
+            raise UserError(f"unknown special token(s) {sorted(unknown)}; this vocab has {', '.join(self._specials)}")
         return set(allowed_special)
 
     def encode_ordinary(self, text):
@@ -499,8 +531,8 @@ class BPE:
         return list(chain.from_iterable(map(self._cache.__getitem__, _split(text))))
 
     def encode(self, text, allowed_special=()):
-        """Text -> token ids. <|endoftext|> becomes its special id only when allowed_special holds it (or is "all");
-        otherwise it is encoded as ordinary text, like tiktoken's encode_ordinary.
+        """Text -> token ids. A special token (<|endoftext|>, ...) becomes its id only when allowed_special holds it
+        (or is "all"); otherwise it is encoded as ordinary text, like tiktoken's encode_ordinary.
 
         encode("hi<|endoftext|>", allowed_special="all") -> [5303, 50256] with GPT-2's files
         """
@@ -514,7 +546,9 @@ class BPE:
     def _encode(self, text, specials, kernels):
         """encode's ids: a list from the Python path (kernels None), or an int32 array from the compiled one. The
         text between allowed specials is encoded apart."""
-        parts = text.split(EOT) if specials else [text]
+        # ["text", special, "text", special, ...]: split on the allowed specials, keeping them (longest first)
+        parts = re.split(f"({'|'.join(map(re.escape, sorted(specials, key=len, reverse=True)))})", text) \
+            if specials else [text]
         if kernels is None:
             encode_part, join = self.encode_ordinary_plain, lambda pieces: list(chain.from_iterable(pieces))
         else:
@@ -522,8 +556,8 @@ class BPE:
             encode_part = lambda part: kernels.encode_utf8(*_utf8_with_regions(part), *tables)  # noqa: E731
             join = np.concatenate
         pieces = [encode_part(parts[0])]
-        for part in parts[1:]:
-            pieces += [[self._eot_id], encode_part(part)]
+        for special, part in zip(parts[1::2], parts[2::2]):
+            pieces += [[self._specials[special]], encode_part(part)]
         return pieces[0] if len(pieces) == 1 else join(pieces)
 
     def _compiled_tables(self, kernels):
@@ -576,7 +610,7 @@ class BPE:
     # ---- files ----
 
     def _serialize(self):
-        return _format_vocab(self._token_bytes[: self._eot_id], self._parents)
+        return _format_vocab(self._token_bytes[: self._eot_id], self._parents, list(self._specials))
 
     def save(self):
         """Write the vocab to vocab_path atomically (see atomic_write): a crash never leaves half a vocab."""

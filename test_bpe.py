@@ -186,6 +186,71 @@ def test_unknown_special_is_rejected(gpt2):
         gpt2.encode("hi", allowed_special={"<|fim|>"})
 
 
+# ---- special tokens beyond <|endoftext|> (a chat's role markers) ----
+
+CHAT = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+
+@pytest.fixture
+def chat_vocab(small_trained, tmp_path):
+    """small_trained with the chat markers added, saved and loaded back."""
+    bpe = BPE(str(tmp_path / "vocab.txt"))
+    bpe._build(small_trained._byte_values, small_trained.merges())
+    assert bpe.add_special_tokens(CHAT) == [bpe.eot_id + 1 + i for i in range(4)]
+    bpe.save()
+    again = BPE(str(tmp_path / "vocab.txt"))
+    again.load()
+    return again
+
+
+def test_added_specials_come_after_endoftext_and_survive_a_save(chat_vocab, small_trained):
+    assert chat_vocab.special_tokens == {EOT: small_trained.eot_id, **{name: small_trained.eot_id + 1 + i
+                                                                       for i, name in enumerate(CHAT)}}
+    assert chat_vocab.vocab_size == small_trained.vocab_size + 4 and chat_vocab.eot_id == small_trained.eot_id
+    assert chat_vocab.fingerprint() != small_trained.fingerprint()
+    assert chat_vocab.add_special_tokens(["<|user|>"]) == [chat_vocab.special_tokens["<|user|>"]]  # already there
+
+
+def test_a_vocab_without_added_specials_keeps_its_file_and_fingerprint(small_trained, tmp_path):
+    text = small_trained._serialize()
+    assert "#special" in text and text.count("#special") == 1
+    assert bpe_module._format_vocab(small_trained._token_bytes[: small_trained.eot_id], small_trained._parents) == text
+
+
+def test_added_specials_encode_only_when_allowed_and_decode_as_spelled(chat_vocab, small_trained):
+    text = "<|user|>Hi there<|end|><|assistant|>Hello<|endoftext|>"
+    ids = chat_vocab.encode(text, allowed_special="all")
+    special = chat_vocab.special_tokens
+    assert ids == [special["<|user|>"], *small_trained.encode("Hi there"), special["<|end|>"],
+                   special["<|assistant|>"], *small_trained.encode("Hello"), special[EOT]]
+    assert chat_vocab.decode(ids) == text
+    assert chat_vocab.encode(text) == small_trained.encode(text)  # not allowed: plain text, as before
+    assert chat_vocab.encode(text, allowed_special={"<|end|>"}).count(special["<|end|>"]) == 1
+
+
+def test_encode_file_knows_the_added_specials(chat_vocab, tmp_path):
+    path = tmp_path / "chat.txt"
+    text = "<|user|>Hi<|end|><|assistant|>Yes<|end|>\n" * 2000
+    path.write_text(text, encoding="utf-8")
+    assert chat_vocab.encode_file(path, num_workers=2, allowed_special="all").tolist() == chat_vocab.encode(
+        text, allowed_special="all")
+
+
+@pytest.mark.parametrize("name", ["user", "<|a b|>", "<||>", EOT + "x", 7])
+def test_a_special_token_must_be_spelled_like_one(small_trained, name):
+    with pytest.raises(UserError, match="spelled <|name|>"):
+        BPE().add_special_tokens([name])
+
+
+def test_a_vocab_file_with_a_bad_added_special_says_which_line(chat_vocab, tmp_path):
+    path = tmp_path / "broken.txt"
+    text = chat_vocab._serialize().replace(f"#special <|user|> {chat_vocab.eot_id + 2}",
+                                           f"#special <|user|> {chat_vocab.eot_id + 9}")
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError, match=r"broken.txt:6: expected '#special <\|name\|>"):
+        BPE(str(path)).load()
+
+
 # ---- round trips ----
 
 

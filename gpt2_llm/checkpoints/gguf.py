@@ -33,7 +33,6 @@ import gguf
 import numpy as np
 import torch
 
-from bpe import EOT
 from gpt2_llm.errors import UserError
 from gpt2_llm.files import atomic_write
 from gpt2_llm.tokenizer.openai_files import gpt2_spelling
@@ -106,9 +105,9 @@ def _add_hyperparameters(writer, config, name: str) -> None:
 
 def _add_tokenizer(writer, bpe, num_rows: int) -> None:
     """The vocab as llama.cpp's BPE tokenizer reads it, padded with UNUSED tokens to the embedding's rows."""
-    encoder, merges = gpt2_spelling(bpe, EOT)
-    tokens = sorted(encoder, key=encoder.get)  # id order: ids are 0..eot_id without gaps
-    types = [gguf.TokenType.NORMAL] * bpe.eot_id + [gguf.TokenType.CONTROL]
+    encoder, merges = gpt2_spelling(bpe)
+    tokens = sorted(encoder, key=encoder.get)  # id order: ids run 0..vocab_size - 1 without gaps
+    types = [gguf.TokenType.NORMAL] * bpe.eot_id + [gguf.TokenType.CONTROL] * len(bpe.special_tokens)
     padding = range(len(tokens), num_rows)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")

@@ -9,7 +9,7 @@
 
 Our tokenizer is GPT-2's algorithm (byte-level BPE, GPT-2's pre-split regex, merges by rank), so the files say the
 same thing GPT-2's do, about our vocab: the tokens spelled with GPT-2's byte-to-unicode characters, the merges in
-rank order, <|endoftext|> the one special token. Plain JSON, written by hand: `tokenizers` and `transformers` are
+rank order, <|endoftext|> and any other special tokens (a chat's role markers) as added tokens. Plain JSON, written by hand: `tokenizers` and `transformers` are
 the references the tests prove these files against, not dependencies.
 """
 import json
@@ -26,40 +26,44 @@ BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": Tr
 
 def write_tokenizer_files(bpe, directory, context: int) -> None:
     """Write TOKENIZER_FILES for bpe into directory (each atomically); UserError if the vocab cannot be spelled."""
-    encoder, merges = gpt2_spelling(bpe, EOT)
-    special = {"id": bpe.eot_id, "content": EOT, "single_word": False, "lstrip": False, "rstrip": False,
-               "normalized": False, "special": True}
+    encoder, merges = gpt2_spelling(bpe)
+    specials = [{"id": token_id, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
+                 "normalized": False, "special": True} for name, token_id in bpe.special_tokens.items()]
     fast = {
         "version": "1.0",
         "truncation": None,
         "padding": None,
-        "added_tokens": [special],
+        "added_tokens": specials,
         "normalizer": None,
         "pre_tokenizer": BYTE_LEVEL,
         "post_processor": {**BYTE_LEVEL, "trim_offsets": False},
         "decoder": BYTE_LEVEL,
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
                   "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": {token: token_id for token, token_id in encoder.items() if token != EOT},
+                  "vocab": {token: token_id for token, token_id in encoder.items() if token_id < bpe.eot_id},
                   "merges": [merge.split(" ") for merge in merges]},
     }
-    specials = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+    named = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+    others = [name for name in bpe.special_tokens if name != EOT]  # a chat's role markers, say
+    if others:
+        named["additional_special_tokens"] = others
     config = {
         "tokenizer_class": "GPT2Tokenizer",
-        **specials,
+        **named,
         "add_bos_token": False,
         "add_prefix_space": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": context,
         "errors": "replace",
-        "added_tokens_decoder": {str(bpe.eot_id): {k: v for k, v in special.items() if k != "id"}},
+        "added_tokens_decoder": {str(special["id"]): {k: v for k, v in special.items() if k != "id"}
+                                 for special in specials},
     }
     files = {
         "vocab.json": json.dumps(encoder, ensure_ascii=False),
         "merges.txt": "#version: 0.2\n" + "".join(merge + "\n" for merge in merges),
         "tokenizer.json": json.dumps(fast, ensure_ascii=False),
         "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n",
-        "special_tokens_map.json": json.dumps(specials, indent=2) + "\n",
+        "special_tokens_map.json": json.dumps(named, indent=2) + "\n",
     }
     for name, text in files.items():
         atomic_write(os.path.join(directory, name), text)

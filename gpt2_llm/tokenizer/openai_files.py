@@ -56,12 +56,12 @@ def read_gpt2_files(encoder_json_path, vocab_bpe_path, eot):
     return byte_values, merges
 
 
-def gpt2_spelling(bpe, eot) -> tuple[dict[str, int], list[str]]:
-    """A vocab spelled as OpenAI's files spell theirs: (encoder: token -> id, <|endoftext|> included; merges as
-    "left right" lines in rank order). UserError if two tokens have the same bytes (a vocab can learn the same
-    string by two merges; no byte-level BPE file can say which id it is).
+def gpt2_spelling(bpe) -> tuple[dict[str, int], list[str]]:
+    """A vocab spelled as OpenAI's files spell theirs: (encoder: token -> id, the special tokens included, as they
+    are written; merges as "left right" lines in rank order). UserError if two tokens have the same bytes (a vocab
+    can learn the same string by two merges; no byte-level BPE file can say which id it is).
 
-    gpt2_spelling(BPE.from_gpt2(...), EOT) -> ({"!": 0, ..., "<|endoftext|>": 50256}, ["Ġ t", "Ġ a", ...])
+    gpt2_spelling(BPE.from_gpt2(...)) -> ({"!": 0, ..., "<|endoftext|>": 50256}, ["Ġ t", "Ġ a", ...])
     """
     spell = _gpt2_bytes_to_unicode()
     token_bytes = bpe.token_bytes()
@@ -72,5 +72,5 @@ def gpt2_spelling(bpe, eot) -> tuple[dict[str, int], list[str]]:
             raise UserError(f"{bpe.vocab_path}: tokens {encoder[name]} and {token_id} are the same bytes "
                             f"({token_bytes[token_id]!r}); a byte-level BPE file cannot hold both")
         encoder[name] = token_id
-    encoder[eot] = bpe.eot_id
+    encoder.update(bpe.special_tokens)
     return encoder, [f"{names[left]} {names[right]}" for left, right in bpe.merges()]

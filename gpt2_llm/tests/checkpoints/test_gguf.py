@@ -137,6 +137,20 @@ def test_metadata_describes_the_gpt2_architecture_and_our_vocab(tmp_path, bpe):
     assert fields["tokenizer.ggml.suppress_tokens"] == list(range(300, 320))
 
 
+def test_added_special_tokens_are_control_tokens(tmp_path, vocab):
+    from bpe import BPE
+
+    chat = BPE(str(vocab))
+    chat.load()
+    ids = chat.add_special_tokens(["<|user|>", "<|assistant|>", "<|end|>"])
+    write_gguf(make_small_model(vocab_size=chat.get_model_vocab_size()), chat, tmp_path / "chat.gguf")
+    fields, _ = read(tmp_path / "chat.gguf")
+    tokens, types = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]
+    assert [tokens[i] for i in ids] == ["<|user|>", "<|assistant|>", "<|end|>"]
+    assert types[chat.eot_id:chat.vocab_size] == [gguf.TokenType.CONTROL] * 4
+    assert types[chat.vocab_size:] == [gguf.TokenType.UNUSED] * (320 - chat.vocab_size)
+
+
 def test_rope_model_is_gptneox_with_neox_rotary_over_whole_heads_and_sequential_residuals(tmp_path, bpe):
     model = make_small_model(vocab_size=bpe.get_model_vocab_size(), use_rope=True, rope_base=500.0)
     write_gguf(model, bpe, tmp_path / "m.gguf")

@@ -48,3 +48,16 @@ def test_a_vocab_with_two_tokens_of_the_same_bytes_is_refused(tmp_path):
     with pytest.raises(UserError, match="the same bytes"):
         write_tokenizer_files(bpe, tmp_path, context=64)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_added_special_tokens_are_transformers_special_tokens(vocab, tmp_path):
+    bpe = BPE(str(vocab))
+    bpe.load()
+    ids = bpe.add_special_tokens(["<|user|>", "<|assistant|>", "<|end|>"])
+    write_tokenizer_files(bpe, tmp_path, context=64)
+    fast = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    text = "<|user|>Who's there?<|end|><|assistant|>Nay, answer me<|end|>"
+    assert fast(text)["input_ids"] == bpe.encode(text, allowed_special="all")
+    assert fast.convert_tokens_to_ids(["<|user|>", "<|assistant|>", "<|end|>"]) == ids
+    assert fast.decode(bpe.encode(text, allowed_special="all"), skip_special_tokens=True) == "Who's there?Nay, answer me"
+    assert len(fast) == bpe.vocab_size
