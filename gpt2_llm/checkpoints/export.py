@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from gpt2_llm.chat.template import jinja_for
 from gpt2_llm.checkpoints.huggingface import write_hf_gpt2
 from gpt2_llm.errors import UserError
 from gpt2_llm.files import atomic_write
@@ -70,13 +71,14 @@ def export(model, bpe, output, fmt: str, outtype: str) -> list[str]:
     check_export(output, fmt, outtype)
     if bpe.eot_id >= model.config.vocab_size:
         raise UserError(f"the vocab has {bpe.eot_id + 1} tokens but the model only {model.config.vocab_size} rows")
+    chat_template = jinja_for(bpe)  # a chat-tuned model's vocab carries its template out
     if fmt == "hf":
         write_hf_gpt2(model, output, eot_id=bpe.eot_id, dtype=HF_DTYPES[outtype])
-        write_tokenizer_files(bpe, output, model.config.max_seq_len)
+        write_tokenizer_files(bpe, output, model.config.max_seq_len, chat_template)
         return [os.path.join(output, name) for name in HF_FILES]
     from gpt2_llm.checkpoints.gguf import write_gguf  # the gguf package only when writing one
 
-    write_gguf(model, bpe, output, outtype)
+    write_gguf(model, bpe, output, outtype, chat_template)
     modelfile = modelfile_path(output)
     atomic_write(modelfile, ollama_modelfile(Path(output).name, model.config.max_seq_len))
     return [os.fspath(output), os.fspath(modelfile)]

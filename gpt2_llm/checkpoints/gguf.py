@@ -56,11 +56,12 @@ _BLOCK_TENSORS = {
 }
 
 
-def write_gguf(model, bpe, path, outtype: str = "f32") -> None:
+def write_gguf(model, bpe, path, outtype: str = "f32", chat_template: str | None = None) -> None:
     """Write `model` (a GPT2) with the tokenizer `bpe` (a loaded BPE) to `path` as GGUF, atomically.
 
-    outtype: "f32", "f16", "bf16" or "q8_0", the storage of the weight matrices. UserError when the tokenizer does
-    not fit the model or outtype is unknown; on any failure the file at `path` is as it was.
+    outtype: "f32", "f16", "bf16" or "q8_0", the storage of the weight matrices; chat_template: Jinja for
+    tokenizer.chat_template (a chat-tuned model's). UserError when the tokenizer does not fit the model or outtype is
+    unknown; on any failure the file at `path` is as it was.
     """
     if outtype not in OUTTYPES:
         raise UserError(f"unknown GGUF type {outtype!r}; use one of {', '.join(OUTTYPES)}")
@@ -74,6 +75,8 @@ def write_gguf(model, bpe, path, outtype: str = "f32") -> None:
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_tokenizer(writer, bpe, config.vocab_size)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
     for name, tensor in _gguf_tensors(model).items():
         data, qtype = _stored(name, tensor, matrix_type)
         writer.add_tensor(name, data, raw_dtype=qtype)

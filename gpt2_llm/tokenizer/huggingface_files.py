@@ -24,8 +24,9 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_conf
 BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
 
 
-def write_tokenizer_files(bpe, directory, context: int) -> None:
-    """Write TOKENIZER_FILES for bpe into directory (each atomically); UserError if the vocab cannot be spelled."""
+def write_tokenizer_files(bpe, directory, context: int, chat_template: str | None = None) -> None:
+    """Write TOKENIZER_FILES for bpe into directory (each atomically); UserError if the vocab cannot be spelled.
+    chat_template: Jinja for apply_chat_template (a chat-tuned model's: chat/template.py)."""
     encoder, merges = gpt2_spelling(bpe)
     specials = [{"id": token_id, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
                  "normalized": False, "special": True} for name, token_id in bpe.special_tokens.items()]
@@ -58,6 +59,8 @@ def write_tokenizer_files(bpe, directory, context: int) -> None:
         "added_tokens_decoder": {str(special["id"]): {k: v for k, v in special.items() if k != "id"}
                                  for special in specials},
     }
+    if chat_template is not None:
+        config["chat_template"] = chat_template
     files = {
         "vocab.json": json.dumps(encoder, ensure_ascii=False),
         "merges.txt": "#version: 0.2\n" + "".join(merge + "\n" for merge in merges),

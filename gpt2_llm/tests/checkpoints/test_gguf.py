@@ -137,14 +137,18 @@ def test_metadata_describes_the_gpt2_architecture_and_our_vocab(tmp_path, bpe):
     assert fields["tokenizer.ggml.suppress_tokens"] == list(range(300, 320))
 
 
-def test_added_special_tokens_are_control_tokens(tmp_path, vocab):
+def test_added_special_tokens_are_control_tokens_and_the_chat_template_goes_in(tmp_path, vocab):
     from bpe import BPE
 
     chat = BPE(str(vocab))
     chat.load()
     ids = chat.add_special_tokens(["<|user|>", "<|assistant|>", "<|end|>"])
-    write_gguf(make_small_model(vocab_size=chat.get_model_vocab_size()), chat, tmp_path / "chat.gguf")
+    from gpt2_llm.chat.template import JINJA
+
+    write_gguf(make_small_model(vocab_size=chat.get_model_vocab_size()), chat, tmp_path / "chat.gguf",
+               chat_template=JINJA)
     fields, _ = read(tmp_path / "chat.gguf")
+    assert fields["tokenizer.chat_template"] == JINJA
     tokens, types = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]
     assert [tokens[i] for i in ids] == ["<|user|>", "<|assistant|>", "<|end|>"]
     assert types[chat.eot_id:chat.vocab_size] == [gguf.TokenType.CONTROL] * 4
