@@ -65,6 +65,20 @@ class Transformer(nn.Module):
         """Trainable parameter count; the tied head/embedding counts once."""
         return sum(p.numel() for p in self.parameters())  # parameters() yields a shared one once
 
+    @torch.no_grad()
+    def resize_token_embeddings(self, num_rows: int) -> None:
+        """Grow the token table (and so the tied head) to num_rows; the rows there stay as they were, the new ones
+        start as their mean (a new token then starts with an average prediction, not a random spike)."""
+        old = self.wte.weight
+        if num_rows < old.shape[0]:
+            raise ValueError(f"resize_token_embeddings only grows the table ({old.shape[0]} rows), got {num_rows}")
+        grown = old.new_empty(num_rows, old.shape[1])
+        grown[: old.shape[0]] = old
+        grown[old.shape[0]:] = old.mean(dim=0)
+        self.wte.weight = nn.Parameter(grown, requires_grad=old.requires_grad)
+        self.lm_head.weight = self.wte.weight
+        self.wte.vocab_size = self.lm_head.out_features = self.config.vocab_size = num_rows
+
     def set_attention_kernel(self, kernel: str = "auto") -> None:
         """Force every layer's attention kernel: "sdpa", "math" (the readable one), "bmm", or "auto" (the
         default: each call picks the fastest for its device, dtype and length; see attention.py)."""
