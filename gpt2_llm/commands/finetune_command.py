@@ -4,12 +4,14 @@
     python main.py finetune my.txt --pretrained gpt2/ --max-time 600       # LoRA on OpenAI's GPT-2
     python main.py finetune my.txt vocab.txt --base gpt2_model.pt --full   # every weight -> finetuned_model.pt
     python main.py finetune my.txt vocab.txt adapter.safetensors           # resume (the base is recorded)
+    python main.py finetune chats.jsonl vocab.txt --base gpt2_model.pt --full --chat   # a chat model + its vocab
 
 By default only LoRA adapters train (see lora.py): the base stays frozen and the run writes a small
 adapter file, which `predict --adapter` applies and `merge` folds into a whole checkpoint. --full trains
 every weight and writes a whole checkpoint, as `train` does. Either way this is the Trainer of `train`:
 the same flags, bf16, evaluation in bits per byte, progress, atomic saves, Ctrl-C and exact resume.
 """
+from pathlib import Path
 
 from gpt2_llm.commands.common import (DEFAULT_VOCAB, add_base_arguments, add_training_arguments, check_can_save,
                                       report_result, run_in_process_group, training_inputs, training_options)
@@ -37,6 +39,14 @@ def add_arguments(name, parser):
                                                  "c_attn, attn.c_proj, c_fc, mlp.c_proj (default attn,mlp)")
     adapters.add_argument("--lora-dropout", type=float, help="dropout on the adapters' input (default 0)")
     adapters.add_argument("--full", action="store_true", help="fine-tune every weight instead of adapters")
+    chat = parser.add_argument_group("chat")
+    chat.add_argument("--chat", action="store_true",
+                      help="FILE is conversations, JSON lines of {\"messages\": [{\"role\", \"content\"}, ...]}: "
+                           "add the chat tokens to the vocab and the model, and train on the assistant's tokens only "
+                           "(needs --full for now)")
+    chat.add_argument("--chat-vocab", metavar="PATH",
+                      help="where the vocab with the chat tokens is written (default: beside the checkpoint, "
+                           "NAME.vocab.txt)")
     parser.add_argument("--context", type=int,
                         help=f"training window in tokens (default: the base's context, at most {MAX_DEFAULT_CONTEXT})")
     add_training_arguments(parser, f"the checkpoint being resumed, else {DEFAULT_ADAPTER} ({DEFAULT_FULL} with --full)")
@@ -55,14 +65,23 @@ def finetune(args, context):
     options = training_options(args, context)
     if args.context is not None:
         options["context_length"] = args.context
+    chat_vocab = None
+    if args.chat:
+        if not args.full:
+            raise UserError("--chat trains the chat tokens' embeddings, which LoRA keeps frozen: add --full")
+        options["chat"] = True
+        chat_vocab = args.chat_vocab or str(Path(save_path).with_suffix(".vocab.txt"))
+    elif args.chat_vocab:
+        raise UserError("--chat-vocab goes with --chat")
     if args.checkpoint:
         trainer, base = resume_finetuning(args.checkpoint, args.base, args.vocab, args.pretrained, args.full,
                                           lora_flags, options)
         base_flags = "--full" if base is None else f"--pretrained {base[1]}" if base[1] else f"--base {base[0]}"
     else:
-        trainer = start_finetuning(args.base, args.vocab, args.pretrained, args.full, lora_flags, options)
+        trainer = start_finetuning(args.base, args.vocab, args.pretrained, args.full, lora_flags, options, chat_vocab)
         base_flags = "--full" if args.full else ""
+    base_flags += " --chat" if args.chat else ""
     result = trainer.train(training_inputs(args), args.epochs, save_path, args.max_steps, args.max_time, args.val_file)
-    vocab = args.vocab or args.pretrained or DEFAULT_VOCAB
+    vocab = trainer.bpe.vocab_path if args.chat else args.vocab or args.pretrained or DEFAULT_VOCAB
     resume = f"python main.py finetune {args.file} {vocab} {save_path} {base_flags}".strip()
     return report_result(result, save_path, context is None or context.is_main_process, resume)

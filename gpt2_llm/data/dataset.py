@@ -13,6 +13,8 @@ import torch
 from gpt2_llm.errors import UserError
 from gpt2_llm.data.token_cache import TokenStream
 
+IGNORE_INDEX = -100  # a target the loss skips (model.loss's, and cross_entropy's, default ignore_index)
+
 
 def token_byte_lengths(bpe, size: int) -> np.ndarray:
     """UTF-8 byte length of every token id below size; special and padding ids count 0 bytes.
@@ -58,6 +60,17 @@ class TokenDataset:
         if len(self.train) < window:
             raise UserError(f"the corpus has {len(self.train):,} training tokens: too few for one window of "
                             f"{window} tokens; use a larger file or a smaller --context")
+
+    def windows_per_epoch(self) -> int:
+        """Context-long windows in the train part: an epoch, in batch rows."""
+        return len(self.train) // self.context_length
+
+    def sample_prompt(self) -> torch.Tensor:
+        """What the trainer's samples continue: the start of the val text."""
+        return torch.from_numpy(self.val[:8].astype(np.int64))
+
+    def describe(self) -> str:
+        return f"{len(self.train):,} train / {len(self.val):,} val tokens"
 
     def random_batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """batch_size random train windows -> x, y int64 (B, T) on the CPU, y shifted by one."""

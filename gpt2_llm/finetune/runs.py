@@ -18,10 +18,12 @@ FULL_SETTINGS = dict(learning_rate=1e-4)
 MAX_DEFAULT_CONTEXT = 1024
 
 
-def start_finetuning(base_path, vocab_path, pretrained, full: bool, lora_flags: dict, options: dict):
+def start_finetuning(base_path, vocab_path, pretrained, full: bool, lora_flags: dict, options: dict,
+                     chat_vocab: str | None = None):
     """A Trainer for a fresh fine-tuning run on a checkpoint (base_path)
     or a Hugging Face directory (pretrained), LoRA with lora_flags over LORA_DEFAULTS or, with full, every weight;
-    a new optimizer and schedule from step 0. options: TrainingConfig fields over the fine-tuning defaults."""
+    a new optimizer and schedule from step 0. options: TrainingConfig fields over the fine-tuning defaults.
+    chat_vocab: a chat run's (options["chat"]): the chat tokens go into the vocab, written there, and the model."""
     from gpt2_llm.finetune import lora
     from gpt2_llm.load import load_base
     from gpt2_llm.train.config import TrainingConfig
@@ -30,6 +32,13 @@ def start_finetuning(base_path, vocab_path, pretrained, full: bool, lora_flags: 
     if base_path is None and pretrained is None:
         raise UserError("name the model to fine-tune: --base CHECKPOINT or --pretrained DIR")
     model, bpe = load_base(base_path, vocab_path, pretrained)
+    if chat_vocab is not None:
+        from gpt2_llm.chat.tokens import add_chat_tokens
+        from gpt2_llm.tokenizer.vocab import save_vocab
+
+        add_chat_tokens(model, bpe)
+        bpe.vocab_path = chat_vocab  # a vocab of its own: the base's file stays as it was
+        save_vocab(bpe)
     settings = {**FINETUNE_SETTINGS, **(FULL_SETTINGS if full else LORA_SETTINGS), **options}
     context_length = settings.pop("context_length", min(model.config.max_seq_len, MAX_DEFAULT_CONTEXT))
     batch_size, learning_rate = settings.pop("batch_size"), settings.pop("learning_rate")

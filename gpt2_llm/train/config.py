@@ -29,6 +29,7 @@ class TrainingConfig:
     eval_tokens: int = 32768  # val tokens scored per evaluation: the same windows every time
     sample_tokens: int = 48  # tokens of sample text printed at each evaluation; 0 for none
     eval_at_start: bool = False  # also evaluate before a new run's first step (fine-tuning: the base's score)
+    chat: bool = False  # the corpus is conversations (JSON lines of messages): train on the assistant's tokens
     dtype: str | None = None  # fp32, bf16, fp16; None: bf16 where the hardware has it (then saved as chosen)
     # Where and how to run: these describe this machine, not the run, so a resume may change them.
     device: str | None = None  # None: cuda, then mps, then cpu

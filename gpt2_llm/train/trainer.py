@@ -11,6 +11,7 @@ samples and writes checkpoints: whole, unsharded weights, so they resume in one 
 What a checkpoint holds is resume.py's; Ctrl-C and SIGTERM are signals.py's.
 """
 import math
+import os
 import random
 import sys
 import time
@@ -25,7 +26,7 @@ from gpt2_llm.train import distributed
 from gpt2_llm.checkpoints import loading
 from gpt2_llm.train import resume
 from gpt2_llm.train.config import DEFAULT_MODEL, DEFAULT_PRESET, PRESET_TABLE, TrainingConfig
-from gpt2_llm.data.dataset import TokenDataset, token_byte_lengths
+from gpt2_llm.data.dataset import IGNORE_INDEX, TokenDataset, token_byte_lengths
 from gpt2_llm.data.token_cache import load_tokens
 from gpt2_llm.device import Precision, autocast, choose_dtype, dtype_name, has_fast_bf16, pick_device
 from gpt2_llm.errors import UserError
@@ -242,16 +243,17 @@ class Trainer:
         for x, y in data.eval_batches(self.config.batch_size, self.config.eval_tokens):
             with autocast(self.device, self.dtype):
                 loss = self.model.loss(*self.to_device(x, y))
-            total_nats += loss.item() * y.numel()  # mean -> sum: every target counts (no ignored ones)
-            total_tokens += y.numel()
-            total_bytes += int(self.byte_lengths[y].sum())
+            scored = y[y != IGNORE_INDEX]  # every target of a text; a chat's assistant tokens only
+            total_nats += loss.item() * scored.numel()  # mean -> sum
+            total_tokens += scored.numel()
+            total_bytes += int(self.byte_lengths[scored].sum())
         self.model.train()
         return total_nats / total_tokens, bits_per_byte(total_nats, total_bytes)
 
     @torch.no_grad()
     def sample(self, data: TokenDataset, num_tokens: int) -> str:
         """Continue the start of the val text, with a fixed seed so samples are comparable over time."""
-        prompt = torch.from_numpy(data.val[:8].astype(np.int64))[None].to(self.device)
+        prompt = data.sample_prompt()[None].to(self.device)
         generator = torch.Generator(self.device).manual_seed(self.config.seed)
         with autocast(self.device, self.dtype):
             ids = self.model.generate(prompt, num_tokens, temperature=0.8, top_k=40, generator=generator,
@@ -320,6 +322,15 @@ class Trainer:
         config = self.config
         options = dict(text_field=config.text_field, skip_bad_files=config.skip_bad_files, log=self.say,
                        progress=config.progress and self.is_main_process)
+        if config.chat:  # conversations (JSON lines), a file small enough to read whole
+            from gpt2_llm.chat.conversations import ConversationDataset, read_conversations
+
+            paths = [filepath] if isinstance(filepath, (str, os.PathLike)) else list(filepath)
+            if len(paths) != 1 or val_file is not None:
+                raise UserError("chat fine-tuning reads one file of conversations (JSON lines) and holds out its "
+                                "last --val-fraction: pass one file, and no --val-file")
+            return ConversationDataset(read_conversations(paths[0]), self.bpe, config.context_length,
+                                       config.val_fraction)
         with distributed.main_process_first(self.distributed):
             tokens = load_tokens(filepath, self.bpe, **options)
             val_tokens = None if val_file is None else load_tokens(val_file, self.bpe, **options)
@@ -335,7 +346,7 @@ class Trainer:
         one starts, with a fresh warmup and cosine. One epoch = len(train tokens) / tokens per step.
         """
         state, config = self.state, self.config
-        steps_per_epoch = max(1, len(data.train) // self.tokens_per_step)
+        steps_per_epoch = max(1, data.windows_per_epoch() // (self.world_size * config.batch_size * config.grad_accum))
         interrupted = state.step > 0 and not state.run_finished()
         if interrupted and num_epochs is None and max_steps is None and max_time is None:
             self.say(f"Resuming the interrupted run at step {state.step}, following its saved plan: "
@@ -362,7 +373,7 @@ class Trainer:
             f" ({trainable / 1e6:.3f}M trainable: {100 * trainable / n:.2f}%)" if trainable != n else "")
         self.say(
             f"Training {what} on {self.device.type} ({dtype_name(self.dtype)}): "
-            f"{len(data.train):,} train / {len(data.val):,} val tokens; one epoch = {steps_per_epoch:,} steps "
+            f"{data.describe()}; one epoch = {steps_per_epoch:,} steps "
             f"of {config.batch_size}x{config.grad_accum}x{config.context_length} tokens"
             + (f" x {self.world_size} processes" if self.distributed is not None else "") + f"; {self.plan_summary()}"
         )

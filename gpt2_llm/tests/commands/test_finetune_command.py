@@ -152,3 +152,34 @@ def test_lora_on_a_hugging_face_gpt2_directory(tmp_path):
     assert {p.name for p in (tmp_path / "merged_hf").iterdir()} == set(HF_FILES)
     code, merged_hf, err = main("predict", "Hello", 4, "--pretrained", "merged_hf", "--temperature", 0, cwd=tmp_path)
     assert code == 0 and merged_hf == out, err
+
+
+def test_chat_finetuning_adds_the_chat_tokens_and_learns_the_assistants_replies(workdir):
+    import json as json_module
+
+    from bpe import BPE
+    from gpt2_llm.chat.template import CHAT_TOKENS
+
+    lines = [json_module.dumps({"messages": [{"role": "user", "content": f"Count to {n}."},
+                                             {"role": "assistant", "content": " ".join(map(str, range(1, n + 1)))}]})
+             for n in range(1, 9)] * 5
+    (workdir / "chats.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    log = workdir / "chat_log.jsonl"
+    code, out, err = main("finetune", "chats.jsonl", "vocab.txt", "--base", "base.pt", "--full", "--chat",
+                          "--save", "chat.pt", "--max-steps", 60, "--batch-size", 8, "--lr", 3e-3, "--dtype", "fp32",
+                          "--eval-interval", 30, "--no-progress", "--log-file", log, cwd=workdir)
+    assert code == 0, err
+    assert "36 train / 4 held-out conversations" in out and "(before training)" in out
+    chat_vocab = BPE(str(workdir / "chat.vocab.txt"))
+    assert chat_vocab.load() and set(CHAT_TOKENS) <= set(chat_vocab.special_tokens)
+    assert BPE(str(workdir / "vocab.txt")).load()  # the base's vocab file is left as it was
+    assert "<|user|>" not in (workdir / "vocab.txt").read_text(encoding="utf-8")
+    evaluations = [r["val_loss"] for r in map(json_module.loads, log.read_text().splitlines()) if "val_loss" in r]
+    assert evaluations[-1] < 0.5 * evaluations[0]  # the held-out assistant tokens, before training and after
+    code, out, err = main("check", "chat.pt", "chat.vocab.txt", cwd=workdir)
+    assert code == 0, out + err
+
+
+def test_chat_finetuning_needs_full_for_now(workdir):
+    code, _, err = main("finetune", "new.txt", "vocab.txt", "--base", "base.pt", "--chat", *FAST, cwd=workdir)
+    assert code == 2 and "add --full" in err
