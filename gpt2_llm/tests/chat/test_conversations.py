@@ -80,3 +80,18 @@ def test_a_long_conversation_keeps_its_start_within_the_context(chat_bpe):
     conversation = check_messages(CHATS[1]["messages"])
     x, y = example(conversation, chat_bpe, context=8)
     assert len(x) == len(y) == 8 and x[0] == chat_bpe.special_tokens["<|system|>"]
+
+
+def test_the_shipped_conversations_are_valid_and_remade_exactly_by_their_script():
+    import importlib.util
+
+    from gpt2_llm.tests.helpers import REPO
+
+    shipped = REPO / "data" / "shakespeare_chat.jsonl"
+    conversations = read_conversations(shipped)
+    assert len(conversations) == 2000 and sum(len(c) for c in conversations) > 4000
+    spec = importlib.util.spec_from_file_location("make_shakespeare_chat", REPO / "data" / "make_shakespeare_chat.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    text = (REPO / "data" / "shakespeare.txt").read_text(encoding="utf-8")
+    assert script.make(text) == shipped.read_text(encoding="utf-8")
