@@ -3,6 +3,7 @@
     python main.py predict "ROMEO:" 200                         # gpt2_model.pt + vocab.txt
     python main.py predict "Hello" 50 --pretrained gpt2/ --temperature 0 --quantize int8
     python main.py predict "ROMEO:" 200 --adapter adapter.safetensors   # gpt2_model.pt + a LoRA adapter
+    python main.py predict "" 200 chat.pt chat.vocab.txt --chat          # a conversation at the terminal
 
 The prompt is echoed, then each token's text is printed as soon as it is complete (see
 text_stream.py). Generation ends after num_tokens, at <|endoftext|>, or at a --stop string (which
@@ -41,6 +42,12 @@ def add_arguments(name, parser):
     sampling.add_argument("--seed", default=None, help="random seed: the same seed gives the same text (on CPU)")
     sampling.add_argument("--stop", action="append", default=[], metavar="STRING",
                           help="end when the generated text contains STRING, which is not printed (repeatable)")
+    chat = parser.add_argument_group("chat")
+    chat.add_argument("--chat", action="store_true",
+                      help="a conversation: the prompt (if not \"\") is the first message, then each line read is "
+                           "the next; num_tokens bounds each reply. /reset forgets the conversation, Ctrl-D leaves. "
+                           "A chat-tuned model (finetune --chat) gets its template, any other a plain one")
+    chat.add_argument("--system", default=None, metavar="TEXT", help="with --chat: a system message opening it")
     where = parser.add_argument_group("model, device and precision")
     where.add_argument("--pretrained", metavar="DIR", default=None,
                        help="a Hugging Face GPT-2 directory (config.json, model.safetensors or pytorch_model.bin, "
@@ -73,13 +80,15 @@ def run(args):
     start = time.perf_counter()
     model = model.for_inference(DTYPES[options["dtype"]], options["quantize"], device)
     options["prepare_seconds"] = time.perf_counter() - start
-    prompt_ids = encode_prompt(args.prompt, bpe, model.config.max_seq_len)
-    prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     generator = torch.Generator()  # a CPU generator, whatever the device: a seed means the same draws everywhere
     if options["settings"].seed is None:
         generator.seed()
     else:
         generator.manual_seed(options["settings"].seed)
+    if args.chat:
+        return chat(model, bpe, args, options, generator)
+    prompt_ids = encode_prompt(args.prompt, bpe, model.config.max_seq_len)
+    prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     beams = beam_texts(model, prompt, bpe, options) if options["beam"] else None
     for index in range(options["num_samples"]):
         if index:
@@ -91,6 +100,40 @@ def run(args):
             stream_sample(model, prompt, bpe, options, generator)
         print(flush=True)
     return 0
+
+
+def chat(model, bpe, args, options, generator) -> int:
+    """A conversation on stdin and stdout: each line read is a message, each reply printed as it is generated."""
+    from gpt2_llm.chat.session import ChatSession
+    from gpt2_llm.chat.template import PLAIN_TEMPLATE
+
+    session = ChatSession(model, bpe, options["settings"], args.system, generator)
+    interactive = sys.stdin.isatty()
+    if session.template == PLAIN_TEMPLATE:
+        print("note: this model's vocab has no chat tokens (finetune --chat adds them): using the plain template, "
+              "'User: ...' and 'Assistant: ...'", file=sys.stderr)
+    if interactive:
+        print("Type a message and Enter; /reset forgets the conversation; Ctrl-D leaves.", file=sys.stderr)
+    first = args.prompt or None
+    while True:
+        if first is not None:
+            text, first = first, None
+        else:
+            try:
+                text = input("> " if interactive else "")
+            except EOFError:
+                if interactive:
+                    print(file=sys.stderr)
+                return 0
+        if text.strip() == "/reset":
+            session.reset()
+            print("(the conversation is forgotten)", file=sys.stderr, flush=True)
+            continue
+        if not text.strip():
+            continue
+        for piece in session.reply(text):
+            print(piece, end="", flush=True)
+        print(flush=True)
 
 
 def stream_sample(model, prompt, bpe, options, generator) -> None:
@@ -160,6 +203,10 @@ def parse_options(args) -> dict:
     if top_p == 0.0:
         raise UserError("--top-p must be in (0, 1], got 0")
     check_inference_weights(args.dtype, args.quantize)
+    if args.chat and (beam is not None or num_samples > 1):
+        raise UserError("--chat replies one at a time: drop --beam and --num-samples")
+    if args.system is not None and not args.chat:
+        raise UserError("--system goes with --chat")
     dtype_name = args.dtype or "fp32"
     if any(stop == "" for stop in args.stop):
         raise UserError("--stop needs a non-empty string")
