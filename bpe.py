@@ -629,7 +629,6 @@ class BPE:
     def from_gpt2(cls, encoder_json_path, vocab_bpe_path, vocab_path="vocab.txt"):
         """Load OpenAI's GPT-2 files (encoder.json: token -> id, vocab.bpe: the merges in rank order; see
         gpt2_llm/tokenizer/openai_files.py). Encodes exactly like tiktoken."""
-        byte_values, merges = read_gpt2_files(encoder_json_path, vocab_bpe_path, EOT)
         bpe = cls(vocab_path)
-        bpe._build(byte_values, merges)
+        bpe._build(*read_gpt2_files(encoder_json_path, vocab_bpe_path, EOT))
         return bpe

@@ -22,11 +22,12 @@ def _gpt2_bytes_to_unicode():
 
 
 def read_gpt2_files(encoder_json_path, vocab_bpe_path, eot):
-    """(byte_values, merges) for BPE._build from OpenAI's files, whose tokens are spelled with GPT-2's
+    """(byte_values, merges, specials) for BPE._build from OpenAI's files, whose tokens are spelled with GPT-2's
     byte-to-unicode characters ("Ġthe" is b" the"); UserError when the two files do not make one vocab. eot: the
-    special token <|endoftext|>, which encoder.json holds right after the last merge.
+    special token <|endoftext|>, which encoder.json holds right after the last merge; any special tokens after it
+    (a chat vocab that `export` wrote: <|user|>, ...) follow it in specials.
 
-    read_gpt2_files("encoder.json", "vocab.bpe", EOT) -> ([33, 34, ...], [(220, 83), (220, 64), ...])  # Ġ t, Ġ a, ...
+    read_gpt2_files("encoder.json", "vocab.bpe", EOT) -> ([33, 34, ...], [(220, 83), ...], ["<|endoftext|>"])
     """
     try:
         encoder = json.loads(read_text_file(encoder_json_path))
@@ -51,9 +52,13 @@ def read_gpt2_files(encoder_json_path, vocab_bpe_path, eot):
         if max(ids[:2]) >= ids[2]:  # as in a vocab.txt; merge_by_rank_fast relies on it
             raise UserError(f"{vocab_bpe_path}: merge {rank} ({line!r}) uses a token that is merged only after it")
         merges.append(ids[:2])
-    if encoder.get(eot) != 256 + len(merges) or len(encoder) != 257 + len(merges):
+    eot_id = 256 + len(merges)
+    specials = [token for token, _ in sorted(((t, i) for t, i in encoder.items() if i >= eot_id), key=lambda x: x[1])]
+    if encoder.get(eot) != eot_id or len(encoder) != eot_id + len(specials) or specials[:1] != [eot] or any(
+            encoder[token] != eot_id + i or not (token.startswith("<|") and token.endswith("|>"))
+            for i, token in enumerate(specials)):
         raise UserError(f"{encoder_json_path} and {vocab_bpe_path} do not belong together")
-    return byte_values, merges
+    return byte_values, merges, specials
 
 
 def gpt2_spelling(bpe) -> tuple[dict[str, int], list[str]]:

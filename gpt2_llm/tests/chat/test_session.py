@@ -101,3 +101,17 @@ def test_chat_flag_mistakes(chat_files, flags, message):
     result = subprocess.run([sys.executable, MAIN, "predict", "", "5", str(checkpoint), str(vocab_file), *chat, *flags],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_an_exported_chat_model_reads_back_with_its_tokens_and_chats_the_same(chat_files, tmp_path):
+    from gpt2_llm.checkpoints.export import export
+
+    model, bpe, checkpoint, vocab_file = chat_files
+    export(model, bpe, tmp_path / "hf", "hf", "f32")
+    again = BPE.from_gpt2(str(tmp_path / "hf" / "vocab.json"), str(tmp_path / "hf" / "merges.txt"))
+    assert again.special_tokens == bpe.special_tokens and again.merges() == bpe.merges()
+    runs = [subprocess.run([sys.executable, MAIN, "predict", "Who's there?", "12", *source, "--chat", "--temperature",
+                            "0"], input="", capture_output=True, text=True, timeout=120, env=ONE_THREAD_ENV)
+            for source in ([str(checkpoint), str(vocab_file)], ["--pretrained", str(tmp_path / "hf")])]
+    assert runs[0].returncode == runs[1].returncode == 0, runs[0].stderr + runs[1].stderr
+    assert runs[0].stdout == runs[1].stdout and runs[0].stdout.strip()

@@ -280,3 +280,16 @@ def test_lm_eval_scores_the_export_and_the_server_alike(trained, exported, tmp_p
             ours.append(logprobs.gather(-1, torch.tensor(continuation)[:, None]).sum().item())
     assert len(direct) == len(served) == len(ours) == sum(len(doc["choices"]) for doc in LM_EVAL_DOCS)
     assert direct == pytest.approx(ours, abs=1e-4) and served == pytest.approx(ours, abs=1e-4)
+
+
+def test_a_hugging_face_directory_exports_to_gguf_with_its_own_tokenizer(exported, trained, tmp_path):
+    gguf = pytest.importorskip("gguf")
+    directory, _, _ = exported
+    _, bpe, _, _ = trained
+    result = subprocess.run([sys.executable, MAIN, "export", "--pretrained", str(directory), "--output",
+                             str(tmp_path / "m.gguf"), "--outtype", "q8_0"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    tokens = reader.fields["tokenizer.ggml.tokens"]
+    assert len(tokens.data) == 704 and (tmp_path / "m.Modelfile").is_file()
+    assert bytes(tokens.parts[tokens.data[bpe.eot_id]]).decode() == "<|endoftext|>"
