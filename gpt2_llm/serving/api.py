@@ -6,6 +6,10 @@
     POST /v1/completions   OpenAI's legacy completions: prompt(s), n, stream (server-sent events ending
                            in `data: [DONE]`), logprobs, echo, stop, seed, usage; top_k and
                            repetition_penalty as extensions
+    POST /v1/chat/completions  OpenAI's chat: messages through the model's chat template (a chat-tuned
+                           vocab's markers, else the plain one, which the response names), n, stream,
+                           stop, max_tokens / max_completion_tokens, temperature, top_p, seed, logprobs +
+                           top_logprobs, usage
     GET  /v1/models        the one model this server holds (and /v1/models/{id}: it, or 404)
     GET  /health           liveness plus the engine's load (running, waiting, how sequences ended)
     GET  /                 the playground page (playground.html)
@@ -31,8 +35,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from gpt2_llm.chat.template import CHAT_TEMPLATE, PLAIN_STOP, PLAIN_TEMPLATE, jinja_for, render
 from gpt2_llm.serving.engine import Engine, QueueFull, Sequence, TokenEvent
-from gpt2_llm.serving.schemas import MAX_BODY_BYTES, ApiError, CompletionRequest, parse_completion
+from gpt2_llm.serving.schemas import MAX_BODY_BYTES, ApiError, CompletionRequest, parse_chat, parse_completion
 
 DISCONNECT_POLL_SECONDS = 0.5  # how often a non-streaming request checks that its client is still there
 RETRY_AFTER_SECONDS = 1  # a 429's advice: a queue slot frees as soon as any sequence ends
@@ -98,27 +103,49 @@ def create_app(engine: Engine, bpe, model_name: str, context: int, api_key: str 
                            "model_not_found")
         return model_card
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        authorize(request)
-        params = parse_completion(await read_json(request), max_tokens_cap=context)
-        if params.model is not None and params.model != model_name:
-            raise ApiError(404, f"the model {params.model!r} does not exist; this server holds {model_name!r} "
+    def check_model(name: str | None) -> None:
+        """A request names a model only to be checked against the one loaded."""
+        if name is not None and name != model_name:
+            raise ApiError(404, f"the model {name!r} does not exist; this server holds {model_name!r} "
                                 "(GET /v1/models)", "model", "model_not_found")
-        prompts = [prompt_ids(p, bpe, context, params.settings.max_tokens) for p in params.prompts]
+
+    async def answer(run: "Completion", request: Request):
+        """Queue a request's sequences and answer: a stream of events, or the whole response when done."""
         capacity = engine.max_batch + engine.max_queue
-        if len(prompts) * params.n > capacity:  # could never be queued: not a 429 to retry
-            raise ApiError(400, f"the request asks for {len(prompts) * params.n} sequences (prompts x n); this server "
+        if len(run.sequences) > capacity:  # could never be queued: not a 429 to retry
+            raise ApiError(400, f"the request asks for {len(run.sequences)} sequences (prompts x n); this server "
                                 f"holds at most {capacity} at once", "n")
-        run = Completion(engine, params, prompts, model_name, texts)
         try:
             engine.submit(run.sequences)
         except QueueFull as full:
             raise ApiError(429, str(full), code="queue_full") from None
-        if params.stream:
+        if run.params.stream:
             return StreamingResponse(run.stream(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await run.collect(request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(request)
+        params = parse_chat(await read_json(request), max_tokens_cap=context)
+        check_model(params.model)
+        template = CHAT_TEMPLATE if jinja_for(bpe) is not None else PLAIN_TEMPLATE
+        ids, _ = render(params.messages, bpe, template, add_generation_prompt=True)
+        max_tokens = params.max_tokens or max(1, context - len(ids))
+        settings = replace(params.settings, max_tokens=max_tokens,
+                           stop=params.settings.stop + ((PLAIN_STOP,) if template == PLAIN_TEMPLATE else ()))
+        completion = CompletionRequest(params.model, [ids], params.n, False, params.stream, params.include_usage,
+                                       settings)
+        prompt = prompt_ids(ids, bpe, context, max_tokens)
+        return await answer(ChatCompletion(engine, completion, [prompt], model_name, texts, template), request)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        authorize(request)
+        params = parse_completion(await read_json(request), max_tokens_cap=context)
+        check_model(params.model)
+        prompts = [prompt_ids(p, bpe, context, params.settings.max_tokens) for p in params.prompts]
+        return await answer(Completion(engine, params, prompts, model_name, texts), request)
 
     return app
 
@@ -187,8 +214,8 @@ def prompt_ids(prompt, bpe, context: int, max_tokens: int) -> list[int]:
         ids = bpe.encode(prompt, allowed_special="all") if prompt else [bpe.eot_id]
     else:
         ids = prompt
-        if any(not 0 <= t <= bpe.eot_id for t in ids):
-            raise ApiError(400, f"token ids must be between 0 and {bpe.eot_id}", "prompt")
+        if any(not 0 <= t < bpe.vocab_size for t in ids):
+            raise ApiError(400, f"token ids must be between 0 and {bpe.vocab_size - 1}", "prompt")
     if len(ids) + max_tokens > context:
         raise ApiError(400, f"this model's maximum context length is {context} tokens; the prompt has {len(ids)} "
                             f"and max_tokens asks for {max_tokens} more: shorten the prompt or lower max_tokens",
@@ -197,23 +224,25 @@ def prompt_ids(prompt, bpe, context: int, max_tokens: int) -> list[int]:
 
 
 class TokenTexts:
-    """Token id -> the string shown for it in logprobs; a piece of a UTF-8 character shows its bytes ("\\xe2")."""
+    """Token id -> the string shown for it in logprobs (a special token its name); a piece of a UTF-8 character
+    shows its bytes ("\\xe2")."""
 
     def __init__(self, bpe):
         self.token_bytes = bpe.token_bytes()
         self.eot_id = bpe.eot_id
+        self.specials = {token_id: name for name, token_id in bpe.special_tokens.items()}  # <|endoftext|>, <|end|>...
 
     def __call__(self, token_id: int) -> str:
-        if token_id == self.eot_id:
-            return "<|endoftext|>"
+        if token_id in self.specials:
+            return self.specials[token_id]
         return self.token_bytes[token_id].decode("utf-8", errors="backslashreplace")
 
     def decode(self, ids: list[int]) -> str:
-        """A prompt's ids -> its text, <|endoftext|> spelled out as the client wrote it."""
+        """A prompt's ids -> its text, special tokens spelled out as the client wrote them."""
         pieces, run = [], b""
         for token_id in ids:
-            if token_id == self.eot_id:
-                pieces.append(run.decode("utf-8", errors="replace") + "<|endoftext|>")
+            if token_id in self.specials:
+                pieces.append(run.decode("utf-8", errors="replace") + self.specials[token_id])
                 run = b""
             else:
                 run += self.token_bytes[token_id]
@@ -346,3 +375,43 @@ class Completion:
             if not done:
                 self.engine.cancel(sequence)
 
+
+
+class ChatCompletion(Completion):
+    """A chat request's choices, in OpenAI's chat shapes: a message per choice (or deltas when streaming), and
+    logprobs as a list of {token, logprob, bytes, top_logprobs} per token. A model never chat-tuned answers through
+    the plain template, and the response says so ("chat_template": "plain", beside OpenAI's fields)."""
+
+    def __init__(self, engine, params, prompts, model_name, texts, template: str):
+        super().__init__(engine, params, prompts, model_name, texts)
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.template = template
+        self.greeted = [False] * len(self.sequences)  # the first streamed chunk of a choice names the role
+
+    def _chunk(self, choices: list[dict]) -> dict:
+        chunk = {"id": self.id, "object": "chat.completion.chunk" if self.params.stream else "chat.completion",
+                 "created": self.created, "model": self.model_name}
+        if self.template == PLAIN_TEMPLATE:
+            chunk["chat_template"] = PLAIN_TEMPLATE
+        return {**chunk, "choices": choices}  # choices last: stream() sends the rest as a fixed head
+
+    def _choice(self, index: int, text: str, events: list[TokenEvent], finish_reason) -> dict:
+        logprobs = None
+        if self.params.settings.logprobs is not None:
+            logprobs = {"content": [self._token_logprob(e.token_id, e.logprob, e.top_logprobs) for e in events
+                                    if e.token_id is not None and e.token_id < self.texts.eot_id]}
+        if not self.params.stream:
+            return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                    "finish_reason": finish_reason}
+        delta = {"content": text} if text or finish_reason is None else {}
+        if not self.greeted[index]:
+            delta, self.greeted[index] = {"role": "assistant", **delta}, True
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+
+    def _token_logprob(self, token_id: int, logprob: float | None, top: list | None) -> dict:
+        piece = self.texts.token_bytes.get(token_id, b"")
+        entry = {"token": self.texts(token_id), "logprob": logprob, "bytes": list(piece)}
+        if top is not None:
+            entry["top_logprobs"] = [{"token": self.texts(t), "logprob": lp,
+                                      "bytes": list(self.texts.token_bytes.get(t, b""))} for t, lp in top]
+        return entry

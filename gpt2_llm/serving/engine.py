@@ -214,7 +214,7 @@ class Engine:
         event = TokenEvent(token, "")
         if settings.logprobs is not None:
             self._add_logprobs(event, sequence.logits, settings.logprobs)
-        if token == self.eot_id:
+        if token >= self.eot_id:  # <|endoftext|>, or a chat vocab's <|end|> (any special token ends the text)
             event.text, event.finish_reason = sequence.stream.finish(), "stop"
         else:
             event.text = sequence.stream.push(token)

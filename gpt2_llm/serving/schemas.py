@@ -60,19 +60,10 @@ def parse_completion(body, max_tokens_cap: int) -> CompletionRequest:
     best_of = body.get("best_of")
     if best_of is not None and best_of != n:
         raise ApiError(400, "best_of is not supported by this server; leave it out (or equal to n)", "best_of")
-    stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
-    if not isinstance(stops, list) or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stops) \
-            or len(stops) > MAX_STOPS:
-        raise ApiError(400, f"stop must be a string or a list of at most {MAX_STOPS} non-empty strings of up to "
-                            f"{MAX_STOP_CHARS} characters", "stop")
+    stops = stop_list(body)
     top_k = integer(body, "top_k", None, 0, None)
-    stream_options = body.get("stream_options") or {}
-    if not isinstance(stream_options, dict):
-        raise ApiError(400, "stream_options must be an object", "stream_options")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise ApiError(400, "model must be a string", "model")
+    stream_options = stream_options_of(body)
+    model = model_of(body)
     echo = boolean(body, "echo")
     settings = SamplingSettings(
         # 0 only with echo: the prompt scored and nothing generated, what evaluation harnesses send for log-likelihoods
@@ -90,6 +81,89 @@ def parse_completion(body, max_tokens_cap: int) -> CompletionRequest:
     return CompletionRequest(model=model, prompts=prompt_list(body.get("prompt", "")), n=n,
                              echo=echo, stream=boolean(body, "stream"),
                              include_usage=boolean(stream_options, "include_usage"), settings=settings)
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str | None
+    messages: list  # chat.template.Message, checked
+    n: int
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None  # None: as many as the context leaves after the prompt
+    settings: SamplingSettings  # max_tokens to be set once the prompt's length is known
+
+
+# Chat fields of OpenAI's API this server does not implement, and the value that means "not used".
+CHAT_UNSUPPORTED = {"tools": None, "tool_choice": None, "functions": None, "function_call": None,
+                    "logit_bias": None, "presence_penalty": 0, "frequency_penalty": 0, "audio": None,
+                    "prediction": None}
+
+
+def parse_chat(body, max_tokens_cap: int) -> ChatRequest:
+    """Check a decoded /v1/chat/completions body -> ChatRequest; any mistake -> ApiError(400) naming the field."""
+    from gpt2_llm.chat.template import check_messages
+    from gpt2_llm.errors import UserError
+
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    for name, unused in CHAT_UNSUPPORTED.items():
+        if body.get(name, unused) not in (unused, {}, []):
+            raise ApiError(400, f"{name} is not supported by this server; leave it out", name, "unsupported")
+    response_format = body.get("response_format")
+    if response_format not in (None, {"type": "text"}):
+        raise ApiError(400, "response_format: only {\"type\": \"text\"} is supported", "response_format",
+                       "unsupported")
+    try:
+        messages = check_messages(body.get("messages"))
+    except UserError as error:
+        raise ApiError(400, str(error), "messages") from None
+    stream_options = stream_options_of(body)
+    max_tokens = integer(body, "max_completion_tokens", None, 1, max_tokens_cap)
+    max_tokens = integer(body, "max_tokens", max_tokens, 1, max_tokens_cap)
+    top_logprobs = integer(body, "top_logprobs", None, 0, MAX_LOGPROBS)
+    logprobs = boolean(body, "logprobs")
+    if top_logprobs is not None and not logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+    settings = SamplingSettings(
+        max_tokens=1,
+        temperature=number(body, "temperature", 1.0, 0.0, 2.0),
+        top_k=integer(body, "top_k", None, 0, None) or None,
+        top_p=number(body, "top_p", 1.0, 0.0, 1.0, exclusive_low=True),
+        repetition_penalty=number(body, "repetition_penalty", 1.0, 0.0, 10.0, exclusive_low=True),
+        seed=integer(body, "seed", None, 0, MAX_SEED),
+        stop=tuple(stop_list(body)),
+        logprobs=(top_logprobs or 0) if logprobs else None,
+    )
+    if settings.top_p == 1.0:
+        settings = dataclasses.replace(settings, top_p=None)
+    return ChatRequest(model=model_of(body), messages=messages, n=integer(body, "n", 1, 1, MAX_N),
+                       stream=boolean(body, "stream"), include_usage=boolean(stream_options, "include_usage"),
+                       max_tokens=max_tokens, settings=settings)
+
+
+def stop_list(body: dict) -> list[str]:
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
+    if not isinstance(stops, list) or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stops) \
+            or len(stops) > MAX_STOPS:
+        raise ApiError(400, f"stop must be a string or a list of at most {MAX_STOPS} non-empty strings of up to "
+                            f"{MAX_STOP_CHARS} characters", "stop")
+    return stops
+
+
+def stream_options_of(body: dict) -> dict:
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise ApiError(400, "stream_options must be an object", "stream_options")
+    return stream_options
+
+
+def model_of(body: dict) -> str | None:
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError(400, "model must be a string", "model")
+    return model
 
 
 def prompt_list(prompt) -> list:
