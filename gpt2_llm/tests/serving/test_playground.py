@@ -82,3 +82,32 @@ def fill(browser, element_id: str, text: str) -> None:
     field = browser.find_element(By.ID, element_id)
     field.clear()
     field.send_keys(text)
+
+
+def test_chat_mode_streams_a_reply_into_the_conversation_with_each_tokens_alternatives(browser, page_url):
+    browser.get(page_url + "/")
+    browser.find_element(By.ID, "mode-chat").click()
+    assert browser.find_element(By.ID, "generate").text == "Send"
+    fill(browser, "system", "Be brief.")
+    fill(browser, "temperature", "0")
+    fill(browser, "max-tokens", "12")
+    for turn, message in enumerate(["Who's there?", "Long live the king!"], start=1):
+        fill(browser, "prompt", message)
+        browser.execute_script(WATCH_OUTPUT.replace("#output .token", "#output .assistant .token")
+                               .replace('observe(document.getElementById("output"), {childList: true})',
+                                        'observe(document.getElementById("output"), {childList: true, subtree: true})'))
+        browser.find_element(By.ID, "generate").click()
+        WebDriverWait(browser, 30).until(lambda b: "tokens in" in b.find_element(By.ID, "status").text)
+        turns = browser.find_elements(By.CSS_SELECTOR, "#output .turn")
+        assert [t.get_attribute("class") for t in turns] == ["turn user", "turn assistant"] * turn
+        assert message in turns[-2].text
+        seen = browser.execute_script("return window.seen")
+        assert any(count >= 1 and running for count, running in seen)  # the reply streamed in
+    status = browser.find_element(By.ID, "status").text
+    assert "plain template" in status  # conftest's model was never chat-tuned, and the page says so
+    tokens = browser.find_elements(By.CSS_SELECTOR, "#output .assistant .token")
+    ActionChains(browser).move_to_element(tokens[0]).perform()
+    WebDriverWait(browser, 5).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#details .alt"))
+    assert all(row.text.strip().endswith("%") for row in browser.find_elements(By.CSS_SELECTOR, "#details .alt"))
+    browser.find_element(By.ID, "reset").click()
+    assert browser.find_elements(By.CSS_SELECTOR, "#output .turn") == []
