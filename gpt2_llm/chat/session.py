@@ -10,13 +10,13 @@ the plain template ("User: ...\n\nAssistant:") and stops where it starts the use
 from its oldest turns (never the system message, never the newest user turn) until the prompt and the reply fit
 the model's context.
 """
-from gpt2_llm.chat.template import CHAT_TEMPLATE, END, PLAIN_STOP, PLAIN_TEMPLATE, Message, jinja_for, render
+from gpt2_llm.chat.template import END, PLAIN_TEMPLATE, STOPS, Message, render, template_for
 
 
 class ChatSession:
     def __init__(self, model, bpe, settings, system: str | None = None, generator=None):
         self.model, self.bpe, self.settings, self.generator = model, bpe, settings, generator
-        self.template = CHAT_TEMPLATE if jinja_for(bpe) is not None else PLAIN_TEMPLATE
+        self.template = template_for(bpe)
         self.system = [Message("system", system)] if system else []
         self.turns: list[Message] = []
 
@@ -42,8 +42,7 @@ class ChatSession:
         self.turns.append(Message("user", text))
         ids = self.prompt_ids(self.turns)
         device = self.model.wte.weight.device
-        stops = [PLAIN_STOP] if self.template == PLAIN_TEMPLATE else []
-        stream = TextStream(self.bpe.token_bytes(), [*self.settings.stop, *stops])
+        stream = TextStream(self.bpe.token_bytes(), [*self.settings.stop, *STOPS[self.template]])
         end_id = self.bpe.special_tokens.get(END, self.bpe.eot_id)
         pieces = []
         tokens = generate_tokens(self.model, torch.tensor([ids], device=device), self.settings, self.generator,

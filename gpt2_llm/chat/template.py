@@ -29,6 +29,7 @@ CHAT_TOKENS = (*MARKERS.values(), END)
 CHAT_TEMPLATE, PLAIN_TEMPLATE = "markers", "plain"
 PLAIN_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 PLAIN_STOP = "\n\nUser:"
+STOPS = {CHAT_TEMPLATE: (), PLAIN_TEMPLATE: (PLAIN_STOP,)}  # stop strings a template's replies end at (besides <|end|>)
 # The markers template in Hugging Face's Jinja, for `export`: apply_chat_template gives render's ids.
 JINJA = ("{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
          "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
@@ -96,7 +97,13 @@ def render(messages, bpe, template: str = CHAT_TEMPLATE, add_generation_prompt: 
     return ids, [False] * len(ids)
 
 
+def template_for(bpe) -> str:
+    """The template a model with this vocab chats through: the markers when the vocab has the chat tokens (a
+    chat-tuned model's), else the plain one."""
+    return CHAT_TEMPLATE if all(name in bpe.special_tokens for name in CHAT_TOKENS) else PLAIN_TEMPLATE
+
+
 def jinja_for(bpe) -> str | None:
-    """The chat template to export with this vocab, in Hugging Face's Jinja: the markers template when the vocab has
-    the chat tokens (a chat-tuned model's), else None."""
-    return JINJA if all(name in bpe.special_tokens for name in CHAT_TOKENS) else None
+    """The chat template to export with this vocab, in Hugging Face's Jinja (None for a vocab without chat tokens:
+    the plain template is for prompting a base model, not a template of its own)."""
+    return JINJA if template_for(bpe) == CHAT_TEMPLATE else None

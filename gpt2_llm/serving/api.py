@@ -35,7 +35,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from gpt2_llm.chat.template import CHAT_TEMPLATE, PLAIN_STOP, PLAIN_TEMPLATE, jinja_for, render
+from gpt2_llm.chat.template import PLAIN_TEMPLATE, STOPS, render, template_for
 from gpt2_llm.serving.engine import Engine, QueueFull, Sequence, TokenEvent
 from gpt2_llm.serving.schemas import MAX_BODY_BYTES, ApiError, CompletionRequest, parse_chat, parse_completion
 
@@ -129,11 +129,10 @@ def create_app(engine: Engine, bpe, model_name: str, context: int, api_key: str 
         authorize(request)
         params = parse_chat(await read_json(request), max_tokens_cap=context)
         check_model(params.model)
-        template = CHAT_TEMPLATE if jinja_for(bpe) is not None else PLAIN_TEMPLATE
+        template = template_for(bpe)
         ids, _ = render(params.messages, bpe, template, add_generation_prompt=True)
         max_tokens = params.max_tokens or max(1, context - len(ids))
-        settings = replace(params.settings, max_tokens=max_tokens,
-                           stop=params.settings.stop + ((PLAIN_STOP,) if template == PLAIN_TEMPLATE else ()))
+        settings = replace(params.settings, max_tokens=max_tokens, stop=params.settings.stop + STOPS[template])
         completion = CompletionRequest(params.model, [ids], params.n, False, params.stream, params.include_usage,
                                        settings)
         prompt = prompt_ids(ids, bpe, context, max_tokens)
