@@ -7,6 +7,7 @@
     shakespeare, python_source        the tokenizer tests' real texts, as strings (see tokenizer_fixtures.py)
     one_thread                        run a test module's micro models on one thread
     serve_files, live_servers         a checkpoint for `serve`, and three live servers over it
+    chat_bpe, chat_files              the vocab with the chat tokens; a model given them, saved
 """
 import atexit
 import os
@@ -108,3 +109,33 @@ def live_servers(serve_files):
     finally:
         for server in servers.values():
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def chat_bpe(vocab):
+    """The vocab fixture with the chat tokens added (read it, do not change it)."""
+    from gpt2_llm.chat.template import CHAT_TOKENS
+
+    bpe = BPE(str(vocab))
+    bpe.load()
+    bpe.add_special_tokens(CHAT_TOKENS)
+    return bpe
+
+
+@pytest.fixture(scope="session")
+def chat_files(vocab, tmp_path_factory):
+    """(model, bpe, checkpoint, vocab file) of a model given the chat tokens (wide logits: no greedy near-ties),
+    with <|end|> made likely so that replies end on their own."""
+    from gpt2_llm.chat.tokens import add_chat_tokens
+
+    directory = tmp_path_factory.mktemp("chat")
+    bpe = BPE(str(vocab))
+    bpe.load()
+    model = wide_logits_model(vocab_size=bpe.get_model_vocab_size(), max_seq_len=128).eval()
+    add_chat_tokens(model, bpe)
+    with torch.no_grad():
+        model.wte.weight[bpe.special_tokens["<|end|>"]] *= 3
+    bpe.vocab_path = str(directory / "chat.vocab.txt")
+    bpe.save()
+    model.save(directory / "chat.pt", {"vocab": {"fingerprint": bpe.fingerprint(), "size": bpe.vocab_size}})
+    return model, bpe, directory / "chat.pt", directory / "chat.vocab.txt"

@@ -5,9 +5,8 @@ import json
 import pytest
 import torch
 
-from bpe import BPE
 from gpt2_llm.chat.conversations import IGNORE, batch, example, read_conversations
-from gpt2_llm.chat.template import CHAT_TOKENS, check_messages
+from gpt2_llm.chat.template import check_messages
 from gpt2_llm.errors import UserError
 from gpt2_llm.tests.helpers import make_small_model
 
@@ -17,14 +16,6 @@ CHATS = [
                   {"role": "assistant", "content": "I will."}, {"role": "user", "content": "More."},
                   {"role": "assistant", "content": "No."}]},
 ]
-
-
-@pytest.fixture(scope="module")
-def chat_bpe(vocab):
-    bpe = BPE(str(vocab))
-    bpe.load()
-    bpe.add_special_tokens(CHAT_TOKENS)
-    return bpe
 
 
 def write_lines(path, records):

@@ -9,27 +9,10 @@ import torch
 from bpe import BPE
 from gpt2_llm.chat.session import ChatSession
 from gpt2_llm.chat.template import Message, render
-from gpt2_llm.chat.tokens import add_chat_tokens
 from gpt2_llm.infer.sampling import SamplingSettings
 from gpt2_llm.tests.helpers import MAIN, ONE_THREAD_ENV, wide_logits_model
 
 GREEDY = SamplingSettings(max_tokens=12, temperature=0)
-
-
-@pytest.fixture(scope="module")
-def chat_files(vocab, tmp_path_factory):
-    """(model, bpe, checkpoint, vocab file) of a model given the chat tokens (wide logits: no greedy near-ties)."""
-    directory = tmp_path_factory.mktemp("chat")
-    bpe = BPE(str(vocab))
-    bpe.load()
-    model = wide_logits_model(vocab_size=bpe.get_model_vocab_size(), max_seq_len=128).eval()
-    add_chat_tokens(model, bpe)
-    with torch.no_grad():  # make <|end|> likely after a few tokens, so replies end on their own sometimes
-        model.wte.weight[bpe.special_tokens["<|end|>"]] *= 3
-    bpe.vocab_path = str(directory / "chat.vocab.txt")
-    bpe.save()
-    model.save(directory / "chat.pt", {"vocab": {"fingerprint": bpe.fingerprint(), "size": bpe.vocab_size}})
-    return model, bpe, directory / "chat.pt", directory / "chat.vocab.txt"
 
 
 def expected_reply(model, bpe, messages) -> str:

@@ -15,14 +15,6 @@ CONVERSATION = [
 ]
 
 
-@pytest.fixture(scope="module")
-def chat_bpe(vocab):
-    bpe = BPE(str(vocab))
-    bpe.load()
-    bpe.add_special_tokens(CHAT_TOKENS)
-    return bpe
-
-
 def test_markers_template_ids_are_the_turns_between_their_special_tokens(chat_bpe):
     ids, learned = render(CONVERSATION, chat_bpe)
     text = "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in CONVERSATION)

@@ -292,11 +292,16 @@ IN_A_PROCESS = [
 
 @pytest.mark.parametrize("template, expected_code, keyword", IN_A_PROCESS, ids=[case_id(c) for c in IN_A_PROCESS])
 def test_bad_input_is_one_line_error_from_the_scripts(files, template, expected_code, keyword):
-    argv = [word.format(**files) for word in template.split(" ")]
-    script, argv = ("check_checkpoint.py", argv[1:]) if argv[0] == "check" else ("main.py", argv)
-    result = subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    result = run_script([word.format(**files) for word in template.split(" ")])
     assert_one_line_error(result.returncode, result.stdout, result.stderr, expected_code, keyword)
+
+
+def run_script(argv: list[str]) -> subprocess.CompletedProcess:
+    """A command line through its script, a process of its own on a machine without a GPU: `check ...` runs
+    check_checkpoint.py, anything else main.py."""
+    script, argv = ("check_checkpoint.py", argv[1:]) if argv[0] == "check" else ("main.py", argv)
+    return subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
 
 
 # --- disk full while saving --------------------------------------------------------------------------
@@ -388,9 +393,7 @@ def test_unreadable_file_is_one_line_error(files, tmp_path, command):
     locked = locked_copies(files, tmp_path)
     for path in locked.values():
         path.chmod(0)
-    argv = [word.format(**{**files, **locked}) for word in command.split(" ")]
-    script, argv = ("check_checkpoint.py", argv[1:]) if argv[0] == "check" else ("main.py", argv)
-    result = subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = run_script([word.format(**{**files, **locked}) for word in command.split(" ")])
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
 

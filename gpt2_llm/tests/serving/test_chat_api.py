@@ -4,14 +4,11 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from bpe import BPE
 from gpt2_llm.chat.session import ChatSession
 from gpt2_llm.chat.template import check_messages
-from gpt2_llm.chat.tokens import add_chat_tokens
 from gpt2_llm.infer.sampling import SamplingSettings
-from gpt2_llm.tests.helpers import MAIN, ONE_THREAD_ENV, LiveServer, wide_logits_model
+from gpt2_llm.tests.helpers import MAIN, ONE_THREAD_ENV, LiveServer
 
 openai = pytest.importorskip("openai", reason="the API tests drive the server with the official openai client")
 httpx = pytest.importorskip("httpx")
@@ -21,25 +18,9 @@ HISTORY = [{"role": "system", "content": "Be brief."}, {"role": "user", "content
 
 
 @pytest.fixture(scope="module")
-def chat_model(vocab, tmp_path_factory):
-    """(model, bpe, checkpoint, vocab file): a model given the chat tokens, <|end|> made likely so replies end."""
+def chat_server(chat_files):
     pytest.importorskip("fastapi", reason="serve needs FastAPI and uvicorn: pip install -r requirements-serve.txt")
-    directory = tmp_path_factory.mktemp("chat-serve")
-    bpe = BPE(str(vocab))
-    bpe.load()
-    model = wide_logits_model(vocab_size=bpe.get_model_vocab_size(), max_seq_len=128).eval()
-    add_chat_tokens(model, bpe)
-    with torch.no_grad():
-        model.wte.weight[bpe.special_tokens["<|end|>"]] *= 3
-    bpe.vocab_path = str(directory / "chat.vocab.txt")
-    bpe.save()
-    model.save(directory / "chat.pt", {"vocab": {"fingerprint": bpe.fingerprint(), "size": bpe.vocab_size}})
-    return model, bpe, directory / "chat.pt", directory / "chat.vocab.txt"
-
-
-@pytest.fixture(scope="module")
-def chat_server(chat_model):
-    _, _, checkpoint, vocab_file = chat_model
+    _, _, checkpoint, vocab_file = chat_files
     server = LiveServer(checkpoint, vocab_file, "--max-batch", 4).wait_ready()
     yield server
     server.stop()
@@ -54,8 +35,8 @@ def chat(client, messages=HISTORY, **options):
     return client.chat.completions.create(model="chat", messages=messages, **{"max_tokens": 12, **options})
 
 
-def test_greedy_chat_equals_predict_chat_with_the_same_history(client, chat_model):
-    model, bpe, checkpoint, vocab_file = chat_model
+def test_greedy_chat_equals_predict_chat_with_the_same_history(client, chat_files):
+    model, bpe, checkpoint, vocab_file = chat_files
     answer = chat(client, temperature=0)
     session = ChatSession(model, bpe, SamplingSettings(max_tokens=12, temperature=0), system="Be brief.")
     session.turns = check_messages(HISTORY)[1:3]  # the user's first message and the assistant's answer
