@@ -455,6 +455,15 @@ class BPE:
             self._build(self._byte_values, self._merge_list, [*self._specials, *new])
         return [self._specials[name] for name in names]
 
+    def without_special_tokens(self, names):
+        """A copy of this vocab (same vocab_path) without the special tokens names, as it was before
+        add_special_tokens(names): the vocab a base model was trained with, from its fine-tuned chat vocab."""
+        if EOT in names:
+            raise UserError(f"{EOT} is part of every vocab; it cannot be removed")
+        copy = BPE(self.vocab_path)
+        copy._build(self._byte_values, self._merge_list, [name for name in self._specials if name not in names])
+        return copy
+
     @property
     def eot_id(self):
         """Id of <|endoftext|>: 50256 for GPT-2, vocab_size - 1 for a trained vocab."""

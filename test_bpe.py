@@ -211,6 +211,14 @@ def test_added_specials_come_after_endoftext_and_survive_a_save(chat_vocab, smal
     assert chat_vocab.add_special_tokens(["<|user|>"]) == [chat_vocab.special_tokens["<|user|>"]]  # already there
 
 
+def test_without_the_added_specials_a_vocab_is_the_one_it_was(chat_vocab, small_trained):
+    base = chat_vocab.without_special_tokens(CHAT)
+    assert base.fingerprint() == small_trained.fingerprint() and base.vocab_path == chat_vocab.vocab_path
+    assert CHAT[0] in chat_vocab.special_tokens  # a copy: the chat vocab keeps its tokens
+    with pytest.raises(UserError, match="every vocab"):
+        chat_vocab.without_special_tokens([EOT])
+
+
 def test_a_vocab_without_added_specials_keeps_its_file_and_fingerprint(small_trained, tmp_path):
     text = small_trained._serialize()
     assert "#special" in text and text.count("#special") == 1

@@ -32,35 +32,50 @@ def load_adapted_base(base_path, vocab_path, pretrained, adapter_path=None, adap
         adapter = load_adapter_file(adapter_path)
     if adapter is not None and base_path is None and pretrained is None:
         base_path, pretrained = recorded_base(adapter[1], adapter_path)
-    model, bpe = load_base(base_path, vocab_path, pretrained)
+    base_bpe = None if adapter is None else base_vocab_inside(vocab_path, adapter[1])
+    model, bpe = load_base(base_path, vocab_path, pretrained, base_bpe)
     if adapter is not None:
         model = apply_adapter(model, bpe, adapter_path, *adapter)
     return model, bpe, (base_path, pretrained)
 
 
-def load_base(base_path, vocab_path, pretrained):
-    """-> (GPT2, BPE): a checkpoint + its vocab, or a Hugging Face directory, which is its own vocab."""
+def load_base(base_path, vocab_path, pretrained, bpe=None):
+    """-> (GPT2, BPE): a checkpoint + its vocab, or a Hugging Face directory, which is its own vocab.
+    bpe: the base's vocab, already read (base_vocab_inside), instead of vocab_path's."""
     from gpt2_llm.checkpoints import loading
     from gpt2_llm.gpt2 import GPT2
 
     if pretrained is not None:
         if base_path is not None:
             raise UserError("give either a checkpoint and vocab file or --pretrained DIR, not both")
-        if vocab_path is not None and Path(vocab_path).resolve() != Path(pretrained).resolve():
+        if bpe is None and vocab_path is not None and Path(vocab_path).resolve() != Path(pretrained).resolve():
             raise UserError(f"with --pretrained the vocabulary is {pretrained}'s own: pass {pretrained} as the "
                             "vocab, or leave the vocab out")
         if not os.path.isdir(pretrained):
             raise UserError(f"--pretrained {pretrained}: no such directory; pass a Hugging Face GPT-2 directory")
-        base_path = vocab_path = pretrained
+        base_path, vocab_path = pretrained, (vocab_path if bpe is not None else pretrained)
     else:
         base_path = base_path or DEFAULT_MODEL
         if not os.path.exists(base_path):
             raise UserError(f"model file {base_path} not found; train one with: python main.py train "
                             "(or pass a checkpoint path, or --pretrained DIR)")
-    bpe = load_vocab(vocab_path or DEFAULT_VOCAB)  # first: a wrong vocab fails before the slow model load
+    if bpe is None:
+        bpe = load_vocab(vocab_path or DEFAULT_VOCAB)  # first: a wrong vocab fails before the slow model load
     model, metadata = loading.load_model(base_path, GPT2)
     check_vocab(bpe, metadata, model.config, base_path)
     return model, bpe
+
+
+def base_vocab_inside(vocab_path, metadata):
+    """The base's vocab when vocab_path is the one an adapter's run wrote (the base's plus the tokens it added, as
+    chat fine-tuning writes): that vocab without them. None for any other (then vocab_path is the base's own)."""
+    added = metadata["adapter"].get("added_tokens")
+    if not added or vocab_path is None or os.path.isdir(vocab_path):
+        return None
+    bpe = load_vocab(vocab_path)
+    if bpe.fingerprint() != (metadata.get("vocab") or {}).get("fingerprint"):
+        return None
+    return bpe.without_special_tokens(added)
 
 
 def load_adapter_file(path):
@@ -80,8 +95,8 @@ def apply_adapter(model, bpe, adapter_path, tensors=None, metadata=None):
 
     if tensors is None:
         tensors, metadata = load_adapter_file(adapter_path)
+    model, warning = lora.apply_adapter(model, tensors, metadata, adapter_path, bpe)  # adds the run's tokens to bpe
     check_vocab(bpe, metadata, model.config, adapter_path)
-    model, warning = lora.apply_adapter(model, tensors, metadata, adapter_path)
     if warning:
         print(f"note: {warning}", file=sys.stderr)
     return model

@@ -13,12 +13,17 @@ import torch
 from gpt2_llm.chat.template import CHAT_TOKENS
 
 
-@torch.no_grad()
 def add_chat_tokens(model, bpe) -> list[int]:
     """Add CHAT_TOKENS to bpe and rows for them to model (in place) -> their ids, in CHAT_TOKENS' order."""
+    return add_tokens(model, bpe, CHAT_TOKENS)
+
+
+@torch.no_grad()
+def add_tokens(model, bpe, names) -> list[int]:
+    """Add the special tokens names to bpe and rows for the new ones to model (in place) -> their ids."""
     had = set(bpe.special_tokens)
-    ids = bpe.add_special_tokens(CHAT_TOKENS)
-    new = [token_id for name, token_id in zip(CHAT_TOKENS, ids) if name not in had]
+    ids = bpe.add_special_tokens(names)
+    new = [token_id for name, token_id in zip(names, ids) if name not in had]
     if model.config.vocab_size < bpe.get_model_vocab_size():
         model.resize_token_embeddings(bpe.get_model_vocab_size())
     weight = model.wte.weight

@@ -4,6 +4,7 @@
     python main.py finetune my.txt --pretrained gpt2/ --max-time 600       # LoRA on OpenAI's GPT-2
     python main.py finetune my.txt vocab.txt --base gpt2_model.pt --full   # every weight -> finetuned_model.pt
     python main.py finetune my.txt vocab.txt adapter.safetensors           # resume (the base is recorded)
+    python main.py finetune chats.jsonl vocab.txt --base gpt2_model.pt --chat   # a chat adapter + its vocab
     python main.py finetune chats.jsonl vocab.txt --base gpt2_model.pt --full --chat   # a chat model + its vocab
 
 By default only LoRA adapters train (see lora.py): the base stays frozen and the run writes a small
@@ -43,7 +44,7 @@ def add_arguments(name, parser):
     chat.add_argument("--chat", action="store_true",
                       help="FILE is conversations, JSON lines of {\"messages\": [{\"role\", \"content\"}, ...]}: "
                            "add the chat tokens to the vocab and the model, and train on the assistant's tokens only "
-                           "(needs --full for now)")
+                           "(under LoRA the chat tokens' embedding rows train too)")
     chat.add_argument("--chat-vocab", metavar="PATH",
                       help="where the vocab with the chat tokens is written (default: beside the checkpoint, "
                            "NAME.vocab.txt)")
@@ -67,8 +68,6 @@ def finetune(args, context):
         options["context_length"] = args.context
     chat_vocab = None
     if args.chat:
-        if not args.full:
-            raise UserError("--chat trains the chat tokens' embeddings, which LoRA keeps frozen: add --full")
         options["chat"] = True
         chat_vocab = args.chat_vocab or str(Path(save_path).with_suffix(".vocab.txt"))
     elif args.chat_vocab:

@@ -4,9 +4,13 @@
     python main.py merge adapter.safetensors gpt2/ --pretrained gpt2/ --output shakespeare_gpt2.pt
     python main.py merge adapter.safetensors --hf --output shakespeare_gpt2/   # a Hugging Face directory (export)
 
+An adapter of a chat run also adds the chat tokens to the base's vocab: the merged checkpoint's vocab (with them) is
+written beside it, merged_model.vocab.txt.
+
 Each adapted weight becomes W + (alpha / r) B A (see lora.py): the merged model computes what base +
 adapter computed, needs no adapter at run time, and can be trained on, quantized or exported.
 """
+from pathlib import Path
 
 from gpt2_llm.commands.common import DEFAULT_VOCAB, add_base_arguments, check_can_save
 from gpt2_llm.errors import UserError
@@ -34,6 +38,7 @@ def run(args):
     from gpt2_llm.checkpoints.export import check_export, export
     from gpt2_llm.finetune.lora import merge_lora
     from gpt2_llm.load import load_adapted_base, load_adapter_file
+    from gpt2_llm.tokenizer.vocab import save_vocab
 
     output = args.output or (DEFAULT_HF_OUTPUT if args.hf else DEFAULT_OUTPUT)
     if args.hf:
@@ -44,6 +49,11 @@ def run(args):
     model, bpe, (base_path, pretrained) = load_adapted_base(args.base, args.vocab, args.pretrained, args.adapter,
                                                           (tensors, metadata))
     model = merge_lora(model)
+    vocab = args.vocab or pretrained or DEFAULT_VOCAB
+    if metadata["adapter"].get("added_tokens") and not args.hf:  # the merged model has the tokens the run added
+        vocab = bpe.vocab_path = str(Path(output).with_suffix(".vocab.txt"))
+        check_can_save(vocab)
+        save_vocab(bpe)
     try:
         if args.hf:
             export(model, bpe, output, "hf", "f32")
@@ -59,7 +69,6 @@ def run(args):
         how = f'python main.py predict "..." 50 --pretrained {output}'
         print(f"Merged {args.adapter} into {pretrained or base_path}; saved the directory {output}. Try: {how}")
     else:
-        vocab = args.vocab or pretrained or DEFAULT_VOCAB
         print(f"Merged {args.adapter} into {pretrained or base_path}; saved {output}. "
               f"Try: python main.py predict \"...\" 50 {output} {vocab}")
     return 0

@@ -9,9 +9,15 @@ the adapted model starts exactly where the base is; A starts random, so B's firs
 zero. `merge_lora` folds (alpha / r) B A into W: a plain model that computes the same function at
 no extra cost per token. (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models".)
 
-An adapter file is a gpt2-llm checkpoint holding only the A and B tensors (plus, when the trainer
-wrote it, their optimizer state), with metadata "adapter" = {lora: LoRAConfig, base_config,
-base_fingerprint, base}: enough to refuse a base of another shape and to notice another base.
+A run that adds tokens to the vocab (chat fine-tuning's <|user|>, <|end|>, ...) must also teach the model
+those tokens, whose rows in the (tied) token table start as a mean. LoRA cannot: the table stays frozen. So
+such a run trains those rows alone, beside the adapters (TrainedRows: PEFT calls it trainable_token_indices),
+and the adapter file carries them; every other row of the table stays the base's.
+
+An adapter file is a gpt2-llm checkpoint holding only the A and B tensors and the trained rows (plus, when the
+trainer wrote it, their optimizer state), with metadata "adapter" = {lora: LoRAConfig, base_config,
+base_fingerprint, base, added_tokens}: enough to refuse a base of another shape, to notice another base, and
+to add the run's tokens to the base's vocab before the rows go in.
 """
 import hashlib
 import math
@@ -115,15 +121,63 @@ class LoRALinear(nn.Module):
         return linear
 
 
-def add_lora(model: nn.Module, config: LoRAConfig, seed: int = 0) -> nn.Module:
-    """Freeze every weight of a GPT2 and wrap the targeted Linear layers of each block, in place.
+class TrainedRows(nn.Module):
+    """The token table with some rows trainable: the frozen table where the rows at `lora_row_ids` are replaced by
+    `lora_rows`, which train. It replaces the model's wte, and serves the tied head too (TiedHead): one table,
+    two uses, as before. The rows start as the table's, so the model starts exactly where it was."""
 
-    Afterwards model.parameters() with requires_grad are exactly the adapters' A and B. The random
-    A matrices come from seed alone, so a run is reproducible whatever ran before it.
+    def __init__(self, base, row_ids: list[int]):
+        super().__init__()
+        self.base = base  # the TokenEmbedding, frozen
+        ids = torch.tensor(sorted(set(row_ids)), dtype=torch.long, device=base.weight.device)
+        self.register_buffer("lora_row_ids", ids)
+        self.lora_rows = nn.Parameter(base.weight.detach()[ids].clone())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        # A full copy of the table per use (it is small beside the matmuls); the gradient reaches lora_rows alone.
+        return self.base.weight.index_copy(0, self.lora_row_ids, self.lora_rows.to(self.base.weight.dtype))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return F.embedding(idx, self.weight)
+
+    @torch.no_grad()
+    def merged(self):
+        """The plain TokenEmbedding holding the trained rows."""
+        self.base.weight[self.lora_row_ids] = self.lora_rows.to(self.base.weight.dtype)
+        return self.base
+
+
+class TiedHead(nn.Module):
+    """The output head over TrainedRows' table: logits = h @ table.T. It holds no weight of its own (the
+    embedding's is not registered twice), so the model's state_dict has no lm_head.weight, as it stores the
+    tied head once anyway (checkpoint.model_tensors)."""
+
+    def __init__(self, embedding: TrainedRows):
+        super().__init__()
+        self.__dict__["embedding"] = embedding  # not a submodule: its tensors belong to wte
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.embedding.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.weight)
+
+
+def add_lora(model: nn.Module, config: LoRAConfig, seed: int = 0, trained_rows: list[int] = ()) -> nn.Module:
+    """Freeze every weight of a GPT2 and wrap the targeted Linear layers of each block, in place; with
+    trained_rows (token ids), those rows of the token table train too (TrainedRows).
+
+    Afterwards model.parameters() with requires_grad are exactly the adapters' A and B (and the rows). The
+    random A matrices come from seed alone, so a run is reproducible whatever ran before it.
     """
-    if any(isinstance(m, LoRALinear) for m in model.modules()):
+    if any(isinstance(m, (LoRALinear, TrainedRows)) for m in model.modules()):
         raise UserError("this model already has LoRA adapters; merge them first (merge_lora)")
     model.requires_grad_(False)
+    if trained_rows:
+        model.wte = TrainedRows(model.wte, list(trained_rows))
+        model.lm_head = TiedHead(model.wte)
     generator = torch.Generator().manual_seed(seed)
     for block in model.decoder.blocks:
         for name in config.layer_names():
@@ -140,6 +194,10 @@ def merge_lora(model: nn.Module) -> nn.Module:
         for name, child in list(parent.named_children()):
             if isinstance(child, LoRALinear):
                 setattr(parent, name, child.merged())
+    if isinstance(model.wte, TrainedRows):
+        model.wte = model.wte.merged()
+        model.lm_head = nn.Linear(model.config.embedding_dim, model.config.vocab_size, bias=False)
+        model.lm_head.weight = model.wte.weight  # tied again
     model.requires_grad_(True)
     return model
 
@@ -156,7 +214,7 @@ def adapter_tensors(model: nn.Module, state_dict: dict | None = None) -> dict[st
 
 @torch.no_grad()
 def load_adapter_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], source) -> None:
-    """Copy an adapter file's A and B into a model that add_lora prepared with the same LoRAConfig."""
+    """Copy an adapter file's A and B (and trained rows) into a model that add_lora prepared the same way."""
     stored = {key: t for key, t in tensors.items() if is_adapter_key(key) and "/" not in key}
     targets = adapter_tensors(model)
     missing, unexpected = sorted(set(targets) - set(stored)), sorted(set(stored) - set(targets))
@@ -164,7 +222,7 @@ def load_adapter_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], sou
         raise UserError(f"adapter {source} does not fit: " + (f"it has no tensor {missing[0]}" if missing
                                                               else f"the model has no tensor {unexpected[0]}"))
     for key, target in targets.items():
-        if stored[key].shape != target.shape:
+        if stored[key].shape != target.shape or (key.endswith("lora_row_ids") and not stored[key].equal(target)):
             raise UserError(f"adapter {source}: tensor {key} has shape {tuple(stored[key].shape)}, "
                             f"the model expects {tuple(target.shape)}")
         target.copy_(stored[key])
@@ -192,10 +250,12 @@ def weights_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def adapter_metadata(config: LoRAConfig, base_config: GPT2Config, base_fingerprint: str, base: str) -> dict:
-    """The "adapter" metadata of an adapter file: how it was built and on which base."""
+def adapter_metadata(config: LoRAConfig, base_config: GPT2Config, base_fingerprint: str, base: str,
+                     added_tokens: list[str] = ()) -> dict:
+    """The "adapter" metadata of an adapter file: how it was built, on which base, and the special tokens the run
+    added to the base's vocab (their rows train: TrainedRows)."""
     return {"lora": config.to_dict(), "base_config": base_config.to_dict(), "base_fingerprint": base_fingerprint,
-            "base": base}
+            "base": base, "added_tokens": list(added_tokens)}
 
 
 def check_base_fits(adapter: dict, base_config: GPT2Config, base_fingerprint: str | None, source) -> str | None:
@@ -213,14 +273,22 @@ def check_base_fits(adapter: dict, base_config: GPT2Config, base_fingerprint: st
     return None
 
 
-def apply_adapter(model: nn.Module, tensors: dict, metadata: dict, source) -> tuple[nn.Module, str | None]:
-    """Add the adapter of a loaded adapter file to a base GPT2 (CPU weights as loaded), in place.
+def apply_adapter(model: nn.Module, tensors: dict, metadata: dict, source, bpe=None) -> tuple[nn.Module, str | None]:
+    """Add the adapter of a loaded adapter file to a base GPT2 (CPU weights as loaded), in place; the tokens the
+    run added go into bpe (its vocab) and the model's table first (chat.tokens.add_tokens).
 
     -> (model, warning or None). The caller merges for inference or trains on.
     """
     adapter = read_adapter_metadata(metadata, source)
     warning = check_base_fits(adapter, model.config, weights_fingerprint(model), source)
-    add_lora(model, LoRAConfig.from_dict(adapter["lora"]))
+    trained_rows = []
+    if adapter.get("added_tokens"):
+        from gpt2_llm.chat.tokens import add_tokens
+
+        if bpe is None:
+            raise ValueError(f"adapter {source} adds tokens to the vocab: pass the base's BPE")
+        trained_rows = add_tokens(model, bpe, adapter["added_tokens"])
+    add_lora(model, LoRAConfig.from_dict(adapter["lora"]), trained_rows=trained_rows)
     load_adapter_tensors(model, tensors, source)
     return model, warning
 

@@ -23,20 +23,27 @@ def start_finetuning(base_path, vocab_path, pretrained, full: bool, lora_flags: 
     """A Trainer for a fresh fine-tuning run on a checkpoint (base_path)
     or a Hugging Face directory (pretrained), LoRA with lora_flags over LORA_DEFAULTS or, with full, every weight;
     a new optimizer and schedule from step 0. options: TrainingConfig fields over the fine-tuning defaults.
-    chat_vocab: a chat run's (options["chat"]): the chat tokens go into the vocab, written there, and the model."""
+    chat_vocab: a chat run's (options["chat"]): the chat tokens go into the vocab, written there, and the model;
+    under LoRA their rows train beside the adapters and the adapter file carries them."""
     from gpt2_llm.finetune import lora
     from gpt2_llm.load import load_base
+    from gpt2_llm.model.config import GPT2Config
     from gpt2_llm.train.config import TrainingConfig
     from gpt2_llm.train.trainer import Trainer
 
     if base_path is None and pretrained is None:
         raise UserError("name the model to fine-tune: --base CHECKPOINT or --pretrained DIR")
     model, bpe = load_base(base_path, vocab_path, pretrained)
+    base_config = GPT2Config.from_dict(model.config.to_dict())  # as loaded: adding tokens may grow the table
+    fingerprint = None if full else lora.weights_fingerprint(model)  # of the weights as loaded
+    added_tokens = []
     if chat_vocab is not None:
         from gpt2_llm.chat.tokens import add_chat_tokens
+        from gpt2_llm.chat.template import CHAT_TOKENS
         from gpt2_llm.tokenizer.vocab import save_vocab
 
         add_chat_tokens(model, bpe)
+        added_tokens = list(CHAT_TOKENS)
         bpe.vocab_path = chat_vocab  # a vocab of its own: the base's file stays as it was
         save_vocab(bpe)
     settings = {**FINETUNE_SETTINGS, **(FULL_SETTINGS if full else LORA_SETTINGS), **options}
@@ -45,10 +52,11 @@ def start_finetuning(base_path, vocab_path, pretrained, full: bool, lora_flags: 
     if full:
         return Trainer(model, bpe, context_length, batch_size, learning_rate, **settings)
     base = {"pretrained": pretrained} if pretrained else {"checkpoint": base_path}
-    fingerprint = lora.weights_fingerprint(model)  # of the weights as loaded, before adapters and devices
     config = lora.LoRAConfig(**{**LORA_DEFAULTS, **lora_flags})
-    lora.add_lora(model, config, seed=settings.get("seed", TrainingConfig.seed))
-    adapter = lora.adapter_metadata(config, model.config, fingerprint, base)
+    # The added tokens' rows train beside the adapters: nothing else could teach the model what they mean.
+    trained_rows = [bpe.special_tokens[name] for name in added_tokens]
+    lora.add_lora(model, config, seed=settings.get("seed", TrainingConfig.seed), trained_rows=trained_rows)
+    adapter = lora.adapter_metadata(config, base_config, fingerprint, base, added_tokens)
     return Trainer(model, bpe, context_length, batch_size, learning_rate, adapter=adapter, **settings)
 
 

@@ -154,16 +154,26 @@ def test_lora_on_a_hugging_face_gpt2_directory(tmp_path):
     assert code == 0 and merged_hf == out, err
 
 
-def test_chat_finetuning_adds_the_chat_tokens_and_learns_the_assistants_replies(workdir):
+def write_counting_chats(path):
     import json as json_module
-
-    from bpe import BPE
-    from gpt2_llm.chat.template import CHAT_TOKENS
 
     lines = [json_module.dumps({"messages": [{"role": "user", "content": f"Count to {n}."},
                                              {"role": "assistant", "content": " ".join(map(str, range(1, n + 1)))}]})
              for n in range(1, 9)] * 5
-    (workdir / "chats.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def held_out_losses(log):
+    import json as json_module
+
+    return [r["val_loss"] for r in map(json_module.loads, log.read_text().splitlines()) if "val_loss" in r]
+
+
+def test_chat_finetuning_adds_the_chat_tokens_and_learns_the_assistants_replies(workdir):
+    from bpe import BPE
+    from gpt2_llm.chat.template import CHAT_TOKENS
+
+    write_counting_chats(workdir / "chats.jsonl")
     log = workdir / "chat_log.jsonl"
     code, out, err = main("finetune", "chats.jsonl", "vocab.txt", "--base", "base.pt", "--full", "--chat",
                           "--save", "chat.pt", "--max-steps", 60, "--batch-size", 8, "--lr", 3e-3, "--dtype", "fp32",
@@ -174,12 +184,57 @@ def test_chat_finetuning_adds_the_chat_tokens_and_learns_the_assistants_replies(
     assert chat_vocab.load() and set(CHAT_TOKENS) <= set(chat_vocab.special_tokens)
     assert BPE(str(workdir / "vocab.txt")).load()  # the base's vocab file is left as it was
     assert "<|user|>" not in (workdir / "vocab.txt").read_text(encoding="utf-8")
-    evaluations = [r["val_loss"] for r in map(json_module.loads, log.read_text().splitlines()) if "val_loss" in r]
+    evaluations = held_out_losses(log)
     assert evaluations[-1] < 0.5 * evaluations[0]  # the held-out assistant tokens, before training and after
     code, out, err = main("check", "chat.pt", "chat.vocab.txt", cwd=workdir)
     assert code == 0, out + err
 
 
-def test_chat_finetuning_needs_full_for_now(workdir):
-    code, _, err = main("finetune", "new.txt", "vocab.txt", "--base", "base.pt", "--chat", *FAST, cwd=workdir)
-    assert code == 2 and "add --full" in err
+def test_lora_chat_finetuning_trains_the_chat_tokens_rows_and_the_adapter_carries_them(workdir, tmp_path):
+    """LoRA freezes the table, yet the chat tokens' rows must learn: they train beside the adapters, the adapter file
+    holds them, and applying it (with the base's vocab or the chat vocab) adds the tokens and sets the rows."""
+    from gpt2_llm.chat.template import CHAT_TOKENS
+
+    shutil.copy(workdir / "base.pt", tmp_path / "base.pt")
+    shutil.copy(workdir / "vocab.txt", tmp_path / "vocab.txt")
+    write_counting_chats(tmp_path / "chats.jsonl")
+    log = tmp_path / "log.jsonl"
+    steps = ["--batch-size", 8, "--lr", 1e-2, "--dtype", "fp32", "--eval-interval", 30, "--no-progress", "--log-file",
+             log]
+    code, out, err = main("finetune", "chats.jsonl", "vocab.txt", "--base", "base.pt", "--chat", "--max-steps", 30,
+                          *steps, cwd=tmp_path)
+    assert code == 0, err
+    tensors, metadata = checkpoint.load_checkpoint(tmp_path / "adapter.safetensors")
+    chat_ids = load_vocab(str(tmp_path / "adapter.vocab.txt")).special_tokens
+    assert metadata["adapter"]["added_tokens"] == list(CHAT_TOKENS)
+    assert tensors["wte.lora_row_ids"].tolist() == sorted(chat_ids[name] for name in CHAT_TOKENS)
+    base = GPT2.from_checkpoint(tmp_path / "base.pt")
+    assert not any(key.startswith("wte.base") or key.startswith("decoder.blocks.0.attn.c_attn.base") for key in tensors)
+    # resumed from the adapter file with the chat vocab it wrote, it goes on from step 30
+    code, out, err = main("finetune", "chats.jsonl", "adapter.vocab.txt", "adapter.safetensors", "--base", "base.pt",
+                          "--chat", "--max-steps", 60, *steps, cwd=tmp_path)
+    assert code == 0, err
+    losses = held_out_losses(log)
+    assert losses[-1] < 0.85 * losses[0], losses  # a micro model: LoRA learns less than --full (0.5)
+
+    # merged: every row but the chat tokens' is the base's; the chat rows are the trained ones
+    code, out, err = main("merge", "adapter.safetensors", "--output", "merged.pt", cwd=tmp_path)
+    assert code == 0, err
+    assert "merged.pt merged.vocab.txt" in out
+    merged = GPT2.from_checkpoint(tmp_path / "merged.pt")
+    tensors, _ = checkpoint.load_checkpoint(tmp_path / "adapter.safetensors")
+    rows = tensors["wte.lora_row_ids"]
+    assert not torch.allclose(tensors["wte.lora_rows"][0], tensors["wte.lora_rows"][1])  # all started as the mean
+    assert torch.equal(merged.wte.weight[rows], tensors["wte.lora_rows"])
+    others = torch.ones(merged.wte.weight.shape[0], dtype=torch.bool)
+    others[rows] = False
+    assert torch.equal(merged.wte.weight[others], base.wte.weight[others[: base.wte.weight.shape[0]]])
+
+    # the same conversation through the adapter (base vocab or chat vocab) and through the merged model
+    chat = ["--chat", "--temperature", 0]
+    replies = [main("predict", "Count to 3.", 8, *chat, "--adapter", "adapter.safetensors", cwd=tmp_path),
+               main("predict", "Count to 3.", 8, "base.pt", "adapter.vocab.txt", *chat, "--adapter",
+                    "adapter.safetensors", cwd=tmp_path),
+               main("predict", "Count to 3.", 8, "merged.pt", "merged.vocab.txt", *chat, cwd=tmp_path)]
+    assert all(code == 0 for code, _, _ in replies), [err for _, _, err in replies]
+    assert replies[0][1] == replies[1][1] == replies[2][1] and replies[0][1].strip()

@@ -81,6 +81,55 @@ def test_merged_model_computes_the_same_as_base_plus_adapter():
     assert set(model.state_dict()) == set(micro_model().state_dict())  # a plain GPT2 again: saves as one
 
 
+def test_trained_rows_learn_alone_and_merge_into_the_tied_table():
+    """The new tokens' rows train beside the adapters; every other row of the (tied) table stays the base's, in
+    the input embedding and the output head, before and after merging."""
+    rows = [280, 281, 299]
+    model = lora.add_lora(micro_model(), lora.LoRAConfig(rank=4), trained_rows=rows)
+    x = random_ids()
+    assert torch.equal(micro_model()(x), model(x))  # the rows start as the table's
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert "wte.lora_rows" in trainable and not any("base" in name for name in trainable)
+    optimizer = make_adamw(model, 1e-2, weight_decay=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model.loss(x, torch.full_like(x, 281)).backward()  # the target is a trained row: the head must move
+        optimizer.step()
+    with torch.no_grad():
+        unmerged = model(x)
+        merged_model = lora.merge_lora(model)
+        torch.testing.assert_close(merged_model(x), unmerged, atol=1e-5, rtol=1e-5)
+    table, base_table = merged_model.wte.weight, micro_model().wte.weight
+    assert merged_model.lm_head.weight is table  # tied again
+    others = [i for i in range(table.shape[0]) if i not in rows]
+    assert torch.equal(table[others], base_table[others]) and not torch.equal(table[rows], base_table[rows])
+    assert set(merged_model.state_dict()) == set(micro_model().state_dict())
+
+
+def test_an_adapter_that_added_tokens_adds_them_to_the_base_it_is_applied_to(vocab):
+    """apply_adapter puts the run's tokens into the base's vocab and table (the table grows if it must), then the
+    trained rows: the same function as the model the run trained."""
+    from gpt2_llm.chat.tokens import add_tokens
+
+    names = ["<|a|>", "<|b|>"]
+    base_bpe = load_vocab(str(vocab))
+    trained_bpe = load_vocab(str(vocab))
+    model = micro_model(vocab_size=base_bpe.get_model_vocab_size())
+    fingerprint, base_config = lora.weights_fingerprint(model), model.config.to_dict()
+    ids = add_tokens(model, trained_bpe, names)
+    trained = with_random_updates(lora.add_lora(model, lora.LoRAConfig(rank=4), trained_rows=ids))
+    with torch.no_grad():
+        trained.wte.lora_rows.normal_()
+    metadata = {"adapter": lora.adapter_metadata(lora.LoRAConfig(rank=4), type(model.config).from_dict(base_config),
+                                                 fingerprint, {"checkpoint": "base.pt"}, names)}
+    applied, warning = lora.apply_adapter(micro_model(vocab_size=base_bpe.get_model_vocab_size()),
+                                          lora.adapter_tensors(trained), metadata, "adapter", base_bpe)
+    assert warning is None and base_bpe.fingerprint() == trained_bpe.fingerprint()
+    x = random_ids(vocab_size=max(ids) + 1)
+    with torch.no_grad():
+        assert torch.equal(applied(x), trained(x))
+
+
 def test_lora_config_is_checked():
     for bad in (dict(rank=0), dict(rank=2.5), dict(alpha=0), dict(targets="attn,ffn"), dict(targets=""),
                 dict(dropout=1.0)):
