@@ -36,14 +36,14 @@ def start_finetuning(base_path, vocab_path, pretrained, full: bool, lora_flags: 
     model, bpe = load_base(base_path, vocab_path, pretrained)
     base_config = GPT2Config.from_dict(model.config.to_dict())  # as loaded: adding tokens may grow the table
     fingerprint = None if full else lora.weights_fingerprint(model)  # of the weights as loaded
-    added_tokens = []
+    added_tokens, trained_rows = [], []
     if chat_vocab is not None:
         from gpt2_llm.chat.tokens import add_chat_tokens
         from gpt2_llm.chat.template import CHAT_TOKENS
         from gpt2_llm.tokenizer.vocab import save_vocab
 
-        add_chat_tokens(model, bpe)
-        added_tokens = list(CHAT_TOKENS)
+        # Under LoRA the added tokens' rows train beside the adapters: nothing else could teach the model them.
+        added_tokens, trained_rows = list(CHAT_TOKENS), add_chat_tokens(model, bpe)
         bpe.vocab_path = chat_vocab  # a vocab of its own: the base's file stays as it was
         save_vocab(bpe)
     settings = {**FINETUNE_SETTINGS, **(FULL_SETTINGS if full else LORA_SETTINGS), **options}
@@ -53,8 +53,6 @@ def start_finetuning(base_path, vocab_path, pretrained, full: bool, lora_flags: 
         return Trainer(model, bpe, context_length, batch_size, learning_rate, **settings)
     base = {"pretrained": pretrained} if pretrained else {"checkpoint": base_path}
     config = lora.LoRAConfig(**{**LORA_DEFAULTS, **lora_flags})
-    # The added tokens' rows train beside the adapters: nothing else could teach the model what they mean.
-    trained_rows = [bpe.special_tokens[name] for name in added_tokens]
     lora.add_lora(model, config, seed=settings.get("seed", TrainingConfig.seed), trained_rows=trained_rows)
     adapter = lora.adapter_metadata(config, base_config, fingerprint, base, added_tokens)
     return Trainer(model, bpe, context_length, batch_size, learning_rate, adapter=adapter, **settings)

