@@ -103,6 +103,12 @@ def template_for(bpe) -> str:
     return CHAT_TEMPLATE if all(name in bpe.special_tokens for name in CHAT_TOKENS) else PLAIN_TEMPLATE
 
 
+def chat_template_record(bpe, chat: bool) -> dict:
+    """What a checkpoint of a chat run records of its template ({"chat_template": "markers"}; {} for other runs):
+    the model says how it was taught to converse, and `check` verifies that its vocab can say it too."""
+    return {"chat_template": template_for(bpe)} if chat else {}
+
+
 def jinja_for(bpe) -> str | None:
     """The chat template to export with this vocab, in Hugging Face's Jinja (None for a vocab without chat tokens:
     the plain template is for prompting a base model, not a template of its own)."""

@@ -40,6 +40,7 @@ def load_model_info(path):
 
 def report(checkpoint_path, vocab_path, out=print):
     """Print what the checkpoint and the vocabulary are and whether they fit -> 0 they do, 1 they do not."""
+    from gpt2_llm.chat.template import CHAT_TEMPLATE, CHAT_TOKENS, template_for
     from gpt2_llm.tokenizer.vocab import load_vocab, vocab_problems
 
     out(RULE)
@@ -79,9 +80,16 @@ def report(checkpoint_path, vocab_path, out=print):
     if training.get("last_val_loss") is not None:
         out(f"   Validation loss: {training['last_val_loss']:.4f} "
             f"(bits per byte {training.get('last_val_bpb') or float('nan'):.4f})")
+    recorded = metadata.get("chat_template")
+    if recorded or template_for(bpe) == CHAT_TEMPLATE:
+        where = "recorded by its chat fine-tuning" if recorded else "from the vocab's chat tokens"
+        out(f"   Chat template: {recorded or CHAT_TEMPLATE}, {' '.join(CHAT_TOKENS)} ({where})")
     out("")
     out("4. Compatibility Check:")
     problems = vocab_problems(bpe, metadata, config)
+    if recorded and template_for(bpe) != recorded:
+        problems.append(f"the model was chat-tuned with the {recorded} template, whose tokens ({', '.join(CHAT_TOKENS)}) "
+                        f"{vocab_path} does not have")
     if problems:
         for problem in problems:
             out(f"   ✗ {problem}")

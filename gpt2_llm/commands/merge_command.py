@@ -60,7 +60,8 @@ def run(args):
         else:
             saved_vocab = {"vocab": metadata["vocab"]} if "vocab" in metadata else {}
             merged_from = {"adapter": args.adapter, **(metadata["adapter"].get("base") or {})}
-            model.save(output, metadata={**saved_vocab, "merged_from": merged_from})
+            chat = {"chat_template": metadata["chat_template"]} if "chat_template" in metadata else {}
+            model.save(output, metadata={**saved_vocab, **chat, "merged_from": merged_from})
     except (OSError, SafetensorError) as error:  # safetensors reports a full disk as SafetensorError
         reason = error.strerror if isinstance(error, OSError) and error.strerror else error
         kept = "" if args.hf else "; nothing was changed"

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
+from gpt2_llm.chat.template import chat_template_record
 from gpt2_llm.checkpoints import checkpoint
 from gpt2_llm.train import distributed
 from gpt2_llm.finetune import lora
@@ -82,6 +83,7 @@ def save(trainer, path) -> None:
     metadata = {
         **described,
         "vocab": {"fingerprint": trainer.bpe.fingerprint(), "size": trainer.bpe.vocab_size},
+        **chat_template_record(trainer.bpe, trainer.config.chat),
         "training": asdict(trainer.state),
         "train_args": trainer.config.run_settings(),
         "optimizer": optimizer_meta,

