@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from gpt2_llm.chat.template import END
 from gpt2_llm.checkpoints import checkpoint
 from gpt2_llm.train import distributed
 from gpt2_llm.checkpoints import loading
@@ -252,11 +253,14 @@ class Trainer:
 
     @torch.no_grad()
     def sample(self, data: TokenDataset, num_tokens: int) -> str:
-        """Continue the start of the val text, with a fixed seed so samples are comparable over time."""
+        """Continue the start of the val text (a chat run: answer its first held-out prompt, to the end of the
+        turn), with a fixed seed so samples are comparable over time."""
         prompt = data.sample_prompt()[None].to(self.device)
         generator = torch.Generator(self.device).manual_seed(self.config.seed)
+        end_of_turn = self.bpe.special_tokens.get(END) if self.config.chat else None
         with autocast(self.device, self.dtype):
             ids = self.model.generate(prompt, num_tokens, temperature=0.8, top_k=40, generator=generator,
+                                      eos_token_id=end_of_turn,
                                       vocab_size=self.bpe.vocab_size)  # never a padding row
         return self.bpe.decode(ids[0].tolist())
 

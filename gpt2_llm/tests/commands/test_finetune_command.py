@@ -185,6 +185,10 @@ def test_chat_finetuning_adds_the_chat_tokens_and_learns_the_assistants_replies(
                           "--eval-interval", 30, "--no-progress", "--log-file", log, cwd=workdir)
     assert code == 0, err
     assert "36 train / 4 held-out conversations" in out and "(before training)" in out
+    samples = [line for line in out.splitlines() if line.strip().startswith("sample:")]
+    replies = [sample.rsplit("<|assistant|>", 1)[1] for sample in samples]
+    assert replies and all("<|end|>" not in reply[:-len("<|end|>'")] for reply in replies)  # each ends at its turn's end
+    assert any(reply.endswith("<|end|>'") for reply in replies)
     chat_vocab = BPE(str(workdir / "chat.vocab.txt"))
     assert chat_vocab.load() and set(CHAT_TOKENS) <= set(chat_vocab.special_tokens)
     assert BPE(str(workdir / "vocab.txt")).load()  # the base's vocab file is left as it was
