@@ -106,11 +106,18 @@ def other_base(workdir):
     (["merge", "adapter.safetensors", "vocab.txt", "--base", "wide.pt"], "base of another shape"),
     (["merge", "no_such.safetensors"], "does not exist"),
 ])
-def test_mistakes_are_one_line_errors_with_exit_code_2(workdir, other_base, args, message):
+def test_mistakes_are_one_line_errors_with_exit_code_2(workdir, other_base, args, message, monkeypatch, capfd):
+    """Through main.main in this process (a Python start and torch's import per row would be most of the time)."""
+    import main as main_module
+
     if not (workdir / "adapter.safetensors").exists():
         main("finetune", "new.txt", "vocab.txt", "--base", "base.pt", "--lora-rank", 4, *FAST, cwd=workdir)
     before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.suffix in (".pt", ".safetensors")}
-    code, out, err = main(*args, cwd=workdir)
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    capfd.readouterr()
+    code = main_module.main(args)
+    out, err = capfd.readouterr()
     assert code == 2, (out, err)
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert message in err
