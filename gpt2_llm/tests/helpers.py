@@ -25,6 +25,23 @@ MAIN = str(REPO / "main.py")
 SMALL = dict(vocab_size=101, embedding_dim=64, num_layers=2, num_heads=4, max_seq_len=32)
 
 
+def main_in_process(argv, cwd, monkeypatch, capfd) -> tuple[int, str, str]:
+    """main.main(argv) in this process, from cwd, on a machine without a GPU -> (exit code, stdout, stderr): the
+    CLI's own entry point without paying a Python start and torch's import (~4 s) per call."""
+    import main
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    capfd.readouterr()
+    try:
+        code = main.main(argv)
+    except SystemExit as exit:  # argparse's own refusals
+        code = exit.code
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
 def make_small_model(seed=0, **overrides):
     """A GPT2 of the SMALL shape (any field overridable), weights drawn from seed, in eval mode."""
     from gpt2_llm.gpt2 import GPT2

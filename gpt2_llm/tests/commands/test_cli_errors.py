@@ -21,7 +21,7 @@ import main
 from bpe import BPE
 from gpt2_llm.checkpoints import checkpoint
 from gpt2_llm.gpt2 import GPT2
-from gpt2_llm.tests.helpers import REPO
+from gpt2_llm.tests.helpers import REPO, main_in_process
 
 TEXT = (REPO / "data" / "shakespeare.txt").read_text(encoding="utf-8")[:6000]
 
@@ -236,22 +236,14 @@ def case_id(case):
 
 
 def run_case(files, template, monkeypatch, capfd) -> tuple[int, str, str]:
-    """One table row through main.main in this process (the CLI's own entry point, without paying a Python start
-    and torch's import per row), on a machine without a GPU: (exit code, stdout, stderr)."""
+    """One table row through main.main in this process (main_in_process), from the repository: (exit code, stdout,
+    stderr)."""
     words = template.split(" ")
     argv = [word.format(**files) if "{" in word and "[[[" not in word else word for word in words]
     argv = ["" if a == "''" else a for a in argv]
     argv = argv[1:] if argv[0] == "check" else argv  # check_checkpoint.py is `main.py check`
     argv = ["check", *argv] if words[0] == "check" else argv
-    monkeypatch.chdir(REPO)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    try:
-        code = main.main(argv)
-    except SystemExit as exit:  # argparse's own refusals
-        code = exit.code
-    out, err = capfd.readouterr()
-    return code, out, err
+    return main_in_process(argv, REPO, monkeypatch, capfd)
 
 
 @pytest.mark.parametrize("template, expected_code, keyword", CASES, ids=[case_id(c) for c in CASES])

@@ -11,7 +11,7 @@ from gpt2_llm import GPT2
 from gpt2_llm.checkpoints import checkpoint
 from gpt2_llm.train.trainer import Trainer
 from gpt2_llm.tokenizer.vocab import load_vocab
-from gpt2_llm.tests.helpers import REPO
+from gpt2_llm.tests.helpers import REPO, main_in_process
 
 SHAPE = dict(embedding_dim=32, num_layers=2, num_heads=2, max_seq_len=32)
 FAST = ["--max-steps", "6", "--batch-size", "4", "--dtype", "fp32", "--eval-interval", "3", "--eval-tokens", "512",
@@ -108,16 +108,10 @@ def other_base(workdir):
 ])
 def test_mistakes_are_one_line_errors_with_exit_code_2(workdir, other_base, args, message, monkeypatch, capfd):
     """Through main.main in this process (a Python start and torch's import per row would be most of the time)."""
-    import main as main_module
-
     if not (workdir / "adapter.safetensors").exists():
         main("finetune", "new.txt", "vocab.txt", "--base", "base.pt", "--lora-rank", 4, *FAST, cwd=workdir)
     before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.suffix in (".pt", ".safetensors")}
-    monkeypatch.chdir(workdir)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    capfd.readouterr()
-    code = main_module.main(args)
-    out, err = capfd.readouterr()
+    code, out, err = main_in_process(args, workdir, monkeypatch, capfd)
     assert code == 2, (out, err)
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert message in err
