@@ -196,7 +196,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
                 setattr(parent, name, child.merged())
     if isinstance(model.wte, TrainedRows):
         model.wte = model.wte.merged()
-        model.lm_head = nn.Linear(model.config.embedding_dim, model.config.vocab_size, bias=False)
+        # On the meta device: the head's own (random) table would only be thrown away for the tied one.
+        model.lm_head = nn.Linear(model.config.embedding_dim, model.config.vocab_size, bias=False, device="meta")
         model.lm_head.weight = model.wte.weight  # tied again
     model.requires_grad_(True)
     return model
@@ -222,9 +223,12 @@ def load_adapter_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], sou
         raise UserError(f"adapter {source} does not fit: " + (f"it has no tensor {missing[0]}" if missing
                                                               else f"the model has no tensor {unexpected[0]}"))
     for key, target in targets.items():
-        if stored[key].shape != target.shape or (key.endswith("lora_row_ids") and not stored[key].equal(target)):
+        if stored[key].shape != target.shape:
             raise UserError(f"adapter {source}: tensor {key} has shape {tuple(stored[key].shape)}, "
                             f"the model expects {tuple(target.shape)}")
+        if key.endswith("lora_row_ids") and not stored[key].equal(target):
+            raise UserError(f"adapter {source} trained the rows of tokens {stored[key].tolist()}, but its added "
+                            f"tokens are {target.tolist()} in this vocab: pass the base it was trained on")
         target.copy_(stored[key])
 
 
